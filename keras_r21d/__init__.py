@@ -1,0 +1,33 @@
+"""keras_r21d: the networks of "A Closer Look at Spatiotemporal Convolutions
+for Action Recognition" (Tran et al., CVPR 2018) for Keras 3.
+
+>>> import keras_r21d
+>>> model = keras_r21d.R2Plus1D(depth=18, classes=101)
+"""
+
+from keras_r21d import layers
+from keras_r21d.models import (
+    FR2D,
+    MC2,
+    MC3,
+    MC4,
+    MC5,
+    R2D,
+    R3D,
+    RMC2,
+    RMC3,
+    RMC4,
+    RMC5,
+    R2Plus1D,
+    VideoResNet,
+    get_model,
+    list_models,
+    model_stats,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FR2D", "MC2", "MC3", "MC4", "MC5", "R2D", "R3D", "RMC2", "RMC3", "RMC4", "RMC5", "R2Plus1D",
+    "VideoResNet", "get_model", "layers", "list_models", "model_stats", "__version__",
+]

@@ -1,0 +1,34 @@
+"""Small helpers shared by the layers."""
+
+
+def normalize_triple(value, name, allow_zero=False):
+    """Returns `value` as a tuple of 3 ints, or raises a `ValueError` naming `name`."""
+    if isinstance(value, int):
+        value = (value, value, value)
+    try:
+        value = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be an int or a tuple of 3 ints. Received: {name}={value!r}") from None
+    low = 0 if allow_zero else 1
+    if len(value) != 3 or any(v < low for v in value):
+        raise ValueError(
+            f"`{name}` must be an int or a tuple of 3 ints >= {low}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def conv_output_length(length, kernel, stride, pad):
+    """The output length of a convolution with `pad` zeros on both sides."""
+    if length is None:
+        return None
+    return (length + 2 * pad - kernel) // stride + 1
+
+
+def paper_midplanes(in_channels, out_channels, kernel_size=(3, 3, 3)):
+    """The (2+1)D intermediate width that keeps the 3D conv's parameter count.
+
+    `M = floor(t * d^2 * N_in * N_out / (d^2 * N_in + t * N_out))`
+    (Tran et al. 2018, section 3.5) for a `t x d x d` kernel.
+    """
+    t, h, w = kernel_size
+    return (t * h * w * in_channels * out_channels) // (h * w * in_channels + t * out_channels)

@@ -1,0 +1,220 @@
+"""`VideoConv`: a `t x h x w` convolution over `(N, T, H, W, C)` clips."""
+
+import keras
+from keras import ops
+
+from keras_r21d.layers.utils import conv_output_length, normalize_triple
+
+IMPLEMENTATIONS = ("auto", "conv2d", "conv3d")
+
+
+@keras.saving.register_keras_serializable(package="keras_r21d")
+class VideoConv(keras.layers.Layer):
+    """A 3D convolution over channels-last clips, lowered to 2D where possible.
+
+    The kernel is always stored as `(t, h, w, in_channels, filters)` (the
+    layout of `keras.layers.Conv3D` and of a transposed PyTorch `Conv3d`
+    weight), whatever the lowering, so weights move freely between
+    implementations. Padding is explicit and symmetric, as in PyTorch: a
+    strided convolution lines up with torchvision's, which TensorFlow's
+    `"same"` padding does not.
+
+    Lowerings (`implementation`):
+
+    - `"conv2d"`: a spatial kernel (`t == 1`) runs as `Conv2D` on
+      `(N*T, H, W, C)`; a temporal kernel (`h == w == 1`) as `Conv2D` with a
+      `(t, 1)` kernel on `(N, T, H*W, C)`; a full kernel as `Conv2D` on the
+      channel concatenation of the `t` frames each output frame sees
+      (temporal im2col). No 5-D convolution appears in the graph, so a TFLite
+      export has no `CONV_3D` op.
+    - `"conv3d"`: one 5-D convolution.
+    - `"auto"` (default): `"conv2d"` for spatial-only and temporal-only
+      kernels, `"conv3d"` for full ones (the faster choice measured on a
+      2-core AVX2 CPU; see BENCHMARKS.md).
+
+    Args:
+        filters: int, the number of output channels.
+        kernel_size: int or tuple of 3 ints `(t, h, w)`.
+        strides: int or tuple of 3 ints.
+        padding: `None` for symmetric `k // 2` padding, or a tuple of 3 ints
+            `(pt, ph, pw)` of zeros added on both sides of each axis.
+        implementation: one of `"auto"`, `"conv2d"`, `"conv3d"`.
+        use_bias: bool. The paper's networks use no bias.
+        kernel_initializer: initializer for the kernel.
+        kernel_regularizer: optional regularizer for the kernel.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Example:
+
+    >>> layer = VideoConv(64, (3, 7, 7), strides=(1, 2, 2))
+    >>> layer(keras.ops.zeros((1, 8, 112, 112, 3))).shape
+    (1, 8, 56, 56, 64)
+
+    Reference:
+        Tran et al., "A Closer Look at Spatiotemporal Convolutions for Action
+        Recognition", CVPR 2018.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=(3, 3, 3),
+        strides=(1, 1, 1),
+        padding=None,
+        implementation="auto",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(filters) <= 0:
+            raise ValueError(f"`filters` must be a positive integer. Received: filters={filters}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"`implementation` must be one of {IMPLEMENTATIONS}. "
+                f"Received: implementation={implementation!r}"
+            )
+        self.filters = int(filters)
+        self.kernel_size = normalize_triple(kernel_size, "kernel_size")
+        self.strides = normalize_triple(strides, "strides")
+        if padding is None:
+            padding = tuple(k // 2 for k in self.kernel_size)
+        self.padding = normalize_triple(padding, "padding", allow_zero=True)
+        self.implementation = implementation
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.input_spec = keras.layers.InputSpec(ndim=5)
+
+    @property
+    def lowering(self):
+        """The lowering actually used: `"spatial"`, `"temporal"`, `"im2col"` or `"conv3d"`."""
+        t, h, w = self.kernel_size
+        if self.implementation == "conv3d":
+            return "conv3d"
+        if t == 1:
+            return "spatial"
+        if h == 1 and w == 1:
+            return "temporal"
+        return "im2col" if self.implementation == "conv2d" else "conv3d"
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if in_channels is None:
+            raise ValueError(f"{self.name}: the channel axis of the input must be known. Received: {input_shape}")
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*self.kernel_size, in_channels, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if self.use_bias else None
+        )
+
+    def call(self, inputs):
+        lowering = self.lowering
+        if lowering == "conv3d":
+            outputs = self._conv3d(inputs)
+        elif lowering == "spatial":
+            outputs = self._spatial(inputs)
+        elif lowering == "temporal":
+            outputs = self._temporal(inputs)
+        else:
+            outputs = self._im2col(inputs)
+        if self.bias is not None:
+            outputs = outputs + self.bias
+        return outputs
+
+    def _conv3d(self, x):
+        pt, ph, pw = self.padding
+        if any(self.padding):
+            x = ops.pad(x, [[0, 0], [pt, pt], [ph, ph], [pw, pw], [0, 0]])
+        return ops.conv(x, self.kernel, strides=self.strides, padding="valid")
+
+    def _conv2d(self, x, kernel, strides, pad):
+        if any(pad):
+            x = ops.pad(x, [[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]])
+        return ops.conv(x, kernel, strides=strides, padding="valid")
+
+    def _spatial(self, x):
+        _, h, w = self.kernel_size
+        _, sh, sw = self.strides
+        _, ph, pw = self.padding
+        st = self.strides[0]
+        pt = self.padding[0]
+        if st != 1 or pt:
+            # A 1 x h x w kernel with temporal stride or padding: the frames
+            # it reads are a strided slice of the (padded) clip.
+            if pt:
+                x = ops.pad(x, [[0, 0], [pt, pt], [0, 0], [0, 0], [0, 0]])
+            x = x[:, ::st]
+        shape = ops.shape(x)
+        frames = ops.reshape(x, (-1, shape[2], shape[3], shape[4]))
+        kernel = ops.reshape(self.kernel, (h, w, shape[4], self.filters))
+        y = self._conv2d(frames, kernel, (sh, sw), (ph, pw))
+        yshape = ops.shape(y)
+        return ops.reshape(y, (-1, shape[1], yshape[1], yshape[2], self.filters))
+
+    def _temporal(self, x):
+        t = self.kernel_size[0]
+        st, sh, sw = self.strides
+        pt, ph, pw = self.padding
+        if ph or pw:
+            x = ops.pad(x, [[0, 0], [0, 0], [ph, ph], [pw, pw], [0, 0]])
+        if sh != 1 or sw != 1:
+            x = x[:, :, ::sh, ::sw]
+        shape = ops.shape(x)
+        tubes = ops.reshape(x, (-1, shape[1], shape[2] * shape[3], shape[4]))
+        kernel = ops.reshape(self.kernel, (t, 1, shape[4], self.filters))
+        y = self._conv2d(tubes, kernel, (st, 1), (pt, 0))
+        return ops.reshape(y, (-1, ops.shape(y)[1], shape[2], shape[3], self.filters))
+
+    def _im2col(self, x):
+        t, h, w = self.kernel_size
+        st, sh, sw = self.strides
+        pt, ph, pw = self.padding
+        if pt:
+            x = ops.pad(x, [[0, 0], [pt, pt], [0, 0], [0, 0], [0, 0]])
+        shape = ops.shape(x)
+        out_t = (shape[1] - t) // st + 1
+        # Output frame j sees padded frames j*st .. j*st + t - 1: gather them
+        # as t strided slices and stack them on the channel axis.
+        taps = [x[:, k : k + (out_t - 1) * st + 1 : st] for k in range(t)]
+        stacked = ops.concatenate(taps, axis=-1)
+        sshape = ops.shape(stacked)
+        frames = ops.reshape(stacked, (-1, shape[2], shape[3], t * shape[4]))
+        kernel = ops.reshape(ops.transpose(self.kernel, (1, 2, 0, 3, 4)), (h, w, t * shape[4], self.filters))
+        y = self._conv2d(frames, kernel, (sh, sw), (ph, pw))
+        yshape = ops.shape(y)
+        return ops.reshape(y, (-1, sshape[1], yshape[1], yshape[2], self.filters))
+
+    def compute_output_shape(self, input_shape):
+        dims = [
+            conv_output_length(input_shape[1 + i], self.kernel_size[i], self.strides[i], self.padding[i])
+            for i in range(3)
+        ]
+        return (input_shape[0], *dims, self.filters)
+
+    def count_macs(self, input_shape):
+        """Multiply-adds for one sample of `input_shape` `(T, H, W, C)` (no batch axis)."""
+        out = self.compute_output_shape((1, *input_shape))
+        t, h, w = self.kernel_size
+        return out[1] * out[2] * out[3] * t * h * w * input_shape[-1] * self.filters
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "implementation": self.implementation,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            }
+        )
+        return config

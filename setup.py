@@ -1,0 +1,34 @@
+"""Setup for keras_r21d (metadata lives here; tool settings in pyproject.toml)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="keras_r21d",
+    version="0.1.0",
+    description=(
+        "Keras 3 video action recognition: R(2+1)D, R3D, MCx, rMCx, R2D and f-R2D "
+        "from 'A Closer Look at Spatiotemporal Convolutions for Action Recognition'"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_r21d", "keras_r21d.*"]),
+    install_requires=[
+        "tensorflow-cpu==2.21.0; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
+        "tensorflow==2.21.0; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
+        "keras>=3.15,<4",
+        "numpy",
+        "opencv-python-headless>=4.8",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6"],
+        "tune": ["keras-tuner==1.4.8"],
+    },
+    entry_points={"console_scripts": ["keras-r21d=keras_r21d.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
