@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup sysdeps demo test lint bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,15 @@ $(STAMP): setup.py
 
 setup: $(STAMP)
 
+# Debian's ffmpeg writes the H.264 and odd-size test videos. Installed when
+# this machine can (root with apt-get); otherwise those tests skip and say why.
+sysdeps:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null) \
+	      || echo "warning: could not install ffmpeg; H.264 tests will be skipped"; \
+	  else echo "warning: ffmpeg not found and cannot be installed here; H.264 tests will be skipped"; fi; }
+
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
@@ -21,7 +30,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check keras_r21d tests tools examples
 
 # pytest exits 5 when it collects no test: that is a failure here.
-test: $(STAMP) lint
+test: $(STAMP) sysdeps lint
 	$(PY) -m pytest -q --durations=15 tests
 
 bench: $(STAMP)

@@ -50,6 +50,85 @@ def cmd_models(args):
     return 0
 
 
+class _Progress:
+    """A one-line progress bar on stderr (stdout stays clean for --json)."""
+
+    def __init__(self, label, width=30):
+        self.label = label
+        self.width = width
+        self.last = -1
+
+    def __call__(self, done, total):
+        filled = self.width * done // max(total, 1)
+        if filled == self.last and done != total:
+            return
+        self.last = filled
+        bar = "=" * filled + (">" if filled < self.width else "") + " " * (self.width - filled - 1)
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _parse_range(text, name):
+    low, sep, high = text.partition("..")
+    try:
+        return (int(low), int(high if sep else low))
+    except ValueError:
+        raise ValueError(f"{name} must be N or MIN..MAX. Received: {text!r}") from None
+
+
+def _parse_size(text):
+    width, sep, height = text.lower().partition("x")
+    try:
+        return (int(width), int(height))
+    except ValueError:
+        raise ValueError(f"--size must be WIDTHxHEIGHT, e.g. 128x96. Received: {text!r}") from None
+
+
+def cmd_check_videos(args):
+    from keras_r21d.data import check_videos, load_dataset
+
+    subsets = ["train", "test"] if args.subset == "all" else [args.subset]
+    results, seen = [], set()
+    for subset in subsets:
+        dataset = load_dataset(args.spec, subset=subset, missing="skip")
+        for path in dataset.skipped:
+            if path not in seen:
+                seen.add(path)
+                results.append({"path": path, "ok": False, "frames": None, "reason": "file not found"})
+        fresh = [i for i, path in enumerate(dataset.paths) if path not in seen]
+        seen.update(dataset.paths)
+        if fresh:
+            results += check_videos(dataset.subset(fresh), args.frames, args.stride, args.timeout,
+                                    progress=_Progress(f"checking {subset}"))
+    bad = [r for r in results if not r["ok"]]
+    if args.json:
+        print(json.dumps({"checked": len(results), "bad": len(bad), "videos": results}, indent=2))
+        return 0
+    for r in bad:
+        frames = "?" if r["frames"] is None else r["frames"]
+        print(f"BAD  {r['path']}  frames={frames}  {r['reason']}")
+    print(f"{len(results)} videos checked, {len(results) - len(bad)} ok, {len(bad)} unreadable or too short")
+    return 0
+
+
+def cmd_make_synthetic(args):
+    from keras_r21d.data import make_synthetic_dataset
+
+    spec = make_synthetic_dataset(
+        args.out_dir,
+        classes=args.classes,
+        videos_per_class=args.videos_per_class,
+        frames=_parse_range(args.frames, "--frames"),
+        size=_parse_size(args.size),
+        seed=args.seed,
+        progress=_Progress("writing videos"),
+    )
+    print(f"wrote {args.classes * args.videos_per_class} videos; dataset spec: {spec}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-r21d",
@@ -65,6 +144,24 @@ def build_parser():
     p.add_argument("--classes", type=int, default=400, help="classifier size (default 400)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("check-videos", help="scan a dataset for unreadable or too-short videos")
+    p.add_argument("spec", help="dataset spec, e.g. ucf101:/data/UCF101:split=1 or folder:/data/videos")
+    p.add_argument("--subset", choices=["train", "test", "all"], default="all")
+    p.add_argument("--frames", type=int, default=16, help="clip length a video must cover (default 16)")
+    p.add_argument("--stride", type=int, default=1, help="frame stride (default 1)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per video (default 60)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a report")
+    p.set_defaults(func=cmd_check_videos)
+
+    p = sub.add_parser("make-synthetic", help="write the synthetic motion dataset (UCF101 layout)")
+    p.add_argument("out_dir")
+    p.add_argument("--classes", type=int, default=8, help="2..12 (default 8)")
+    p.add_argument("--videos-per-class", type=int, default=24)
+    p.add_argument("--frames", default="32..64", help="video length, N or MIN..MAX (default 32..64)")
+    p.add_argument("--size", default="128x96", help="WIDTHxHEIGHT (default 128x96)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_synthetic)
     return parser
 
 

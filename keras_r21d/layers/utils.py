@@ -3,18 +3,16 @@
 
 def normalize_triple(value, name, allow_zero=False):
     """Returns `value` as a tuple of 3 ints, or raises a `ValueError` naming `name`."""
-    if isinstance(value, int):
-        value = (value, value, value)
-    try:
-        value = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be an int or a tuple of 3 ints. Received: {name}={value!r}") from None
     low = 0 if allow_zero else 1
-    if len(value) != 3 or any(v < low for v in value):
-        raise ValueError(
-            f"`{name}` must be an int or a tuple of 3 ints >= {low}. Received: {name}={value!r}"
-        )
-    return value
+    message = f"`{name}` must be an int or a tuple of 3 ints >= {low}. Received: {name}={value!r}"
+    triple = (value, value, value) if isinstance(value, int) else value
+    try:
+        triple = tuple(int(v) for v in triple)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if len(triple) != 3 or any(v < low for v in triple):
+        raise ValueError(message)
+    return triple
 
 
 def conv_output_length(length, kernel, stride, pad):

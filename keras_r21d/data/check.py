@@ -1,0 +1,36 @@
+"""Scanning a dataset for videos that cannot be used."""
+
+from keras_r21d.data import sampling
+from keras_r21d.data.video import VideoDecodeError, decode_clip, run_with_timeout
+
+
+def check_video(path, clip_len=16, frame_stride=1, timeout=60.0):
+    """Checks one video: it opens, its first and last frames decode, it is long enough.
+
+    Returns a dict `{"path", "ok", "frames", "reason"}`; `frames` is the real
+    frame count (corrected when the container's header lies) or `None`.
+    """
+    try:
+        _, _, frames = run_with_timeout(lambda: decode_clip(path, lambda n, fps: [0, n - 1]), timeout, path)
+    except VideoDecodeError as error:
+        return {"path": str(path), "ok": False, "frames": None, "reason": error.reason}
+    except Exception as error:  # noqa: BLE001 - OpenCV raises cv2.error and others
+        return {"path": str(path), "ok": False, "frames": None, "reason": f"{type(error).__name__}: {error}"}
+    if sampling.too_short(frames, clip_len, frame_stride):
+        span = sampling.clip_span(clip_len, frame_stride)
+        return {"path": str(path), "ok": False, "frames": frames,
+                "reason": f"too short: {frames} frames, a clip needs {span}"}
+    return {"path": str(path), "ok": True, "frames": frames, "reason": None}
+
+
+def check_videos(dataset, clip_len=16, frame_stride=1, timeout=60.0, progress=None):
+    """Checks every video of a `VideoDataset`; `progress(done, total)` is called after each.
+
+    Returns a list of `check_video` results, in dataset order.
+    """
+    results = []
+    for i, path in enumerate(dataset.paths):
+        results.append(check_video(path, clip_len, frame_stride, timeout))
+        if progress is not None:
+            progress(i + 1, len(dataset.paths))
+    return results

@@ -1,0 +1,260 @@
+"""`tf.data` pipelines of clips from video files, robust to bad files.
+
+Training: one clip per video per epoch with temporal jitter, random crop and
+flip. Testing: `test_clips` uniformly spaced clips per video, center-cropped,
+each element carrying its video id so that predictions can be averaged per
+video. Both work with `model.fit` under any `tf.distribute` strategy (batch
+sizes are global).
+"""
+
+import dataclasses
+import logging
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from keras_r21d.data import sampling, transforms
+from keras_r21d.data.video import VideoDecodeError, decode_clip, run_with_timeout
+
+logger = logging.getLogger("keras_r21d.data")
+
+
+@dataclasses.dataclass
+class ClipConfig:
+    """How clips are sampled and preprocessed.
+
+    Attributes:
+        clip_len: frames per clip.
+        frame_stride: take every `frame_stride`-th frame.
+        target_fps: if set, the stride is chosen per video from its frame rate.
+        test_clips: uniformly spaced clips per video at test time (the paper: 10).
+        short_policy: for videos shorter than a clip: `"loop"`, `"repeat_last"`,
+            `"pad"` (black frames) or `"skip"`.
+        resize: `(height, width)` frames are resized to, or an int short side.
+        crop: crop size (square).
+        flip: random horizontal flip in training.
+        scale_jitter: optional `(low, high)` short side range for training.
+        decode_size: optional `(height, width)` to resize to while decoding
+            (saves memory for large videos; the graph resize still follows).
+        decode_timeout: seconds one video may take to decode, or `None`.
+        max_consecutive_failures: stop with an error after this many bad
+            videos in a row.
+        mean, std: normalization (RGB, 0..1 scale).
+    """
+
+    clip_len: int = 16
+    frame_stride: int = 1
+    target_fps: float = None
+    test_clips: int = 10
+    short_policy: str = "loop"
+    resize: tuple = transforms.RESIZE
+    crop: int = transforms.CROP
+    flip: bool = True
+    scale_jitter: tuple = None
+    decode_size: tuple = None
+    decode_timeout: float = 60.0
+    max_consecutive_failures: int = 20
+    mean: tuple = transforms.MEAN
+    std: tuple = transforms.STD
+
+    def __post_init__(self):
+        sampling.check_policy(self.short_policy)
+        for name in ("clip_len", "frame_stride", "test_clips", "max_consecutive_failures"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+
+class TooManyBadVideos(RuntimeError):
+    """Raised when `max_consecutive_failures` videos in a row could not be decoded."""
+
+
+class BadVideoLog:
+    """Collects videos that were skipped, with the reason, each logged once.
+
+    Thread-safe: the pipeline decodes in parallel. `failures` maps path to
+    reason. After `max_consecutive` failures in a row it raises
+    `TooManyBadVideos` (which stops the epoch with that message).
+    """
+
+    def __init__(self, max_consecutive=20):
+        self.max_consecutive = max_consecutive
+        self.failures = {}
+        self.consecutive = 0
+        self.decoded = 0
+        self._lock = threading.Lock()
+
+    def ok(self):
+        with self._lock:
+            self.consecutive = 0
+            self.decoded += 1
+
+    def fail(self, path, reason):
+        with self._lock:
+            if path not in self.failures:
+                self.failures[path] = reason
+                logger.warning("skipping video %s: %s", path, reason)
+            self.consecutive += 1
+            if self.consecutive >= self.max_consecutive:
+                recent = "; ".join(f"{p}: {r}" for p, r in list(self.failures.items())[-3:])
+                raise TooManyBadVideos(
+                    f"{self.consecutive} videos in a row could not be decoded (max_consecutive_failures="
+                    f"{self.max_consecutive}); last: {recent}"
+                )
+
+    def summary(self):
+        return f"{self.decoded} clips decoded, {len(self.failures)} videos skipped"
+
+
+def _chooser(path, config, starts_for):
+    """`f(num_frames, fps)` for `decode_clip`: frame indices of this video's clips."""
+
+    def choose(num_frames, fps):
+        stride = sampling.stride_for(fps, config.frame_stride, config.target_fps)
+        if config.short_policy == "skip" and sampling.too_short(num_frames, config.clip_len, stride):
+            span = sampling.clip_span(config.clip_len, stride)
+            raise VideoDecodeError(path, f"too short: {num_frames} frames, a clip needs {span} (policy 'skip')")
+        starts = starts_for(num_frames, stride)
+        indices = sampling.clip_indices(starts, num_frames, config.clip_len, stride, config.short_policy)
+        return np.asarray(indices).reshape(-1)
+
+    return choose
+
+
+def _decode(path, config, log, starts_for):
+    """Decodes one video's clips; on failure logs it and returns `(empty, False)`."""
+    try:
+        frames = run_with_timeout(
+            lambda: decode_clip(path, _chooser(path, config, starts_for), size=config.decode_size)[0],
+            config.decode_timeout,
+            path,
+        )
+    except VideoDecodeError as error:
+        log.fail(path, error.reason)
+        return np.zeros((0, 1, 1, 3), np.uint8), False
+    except Exception as error:  # noqa: BLE001 - OpenCV raises cv2.error, MemoryError, ...
+        log.fail(path, f"{type(error).__name__}: {error}")
+        return np.zeros((0, 1, 1, 3), np.uint8), False
+    log.ok()
+    return frames, True
+
+
+def _options(deterministic):
+    options = tf.data.Options()
+    # Elements come from a list of indices, not files: shard by data.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    if deterministic is not None:
+        options.deterministic = deterministic
+    return options
+
+
+def _decoded_frames(ds, decode_py):
+    ds = ds.map(
+        lambda *args: tuple(tf.py_function(decode_py, list(args), [tf.uint8, tf.bool])) + tuple(args),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    ds = ds.filter(lambda frames, ok, *rest: ok)
+    return ds.map(lambda frames, ok, *rest: (tf.ensure_shape(frames, (None, None, None, 3)), *rest))
+
+
+def train_dataset(dataset, batch_size, config=None, shuffle=True, seed=None, deterministic=None, cache=None,
+                  bad_videos=None, repeat=False, drop_remainder=False):
+    """A training `tf.data.Dataset` of `(clips, labels)` batches.
+
+    Each video gives one clip per epoch: a random start (temporal jitter),
+    resize, random crop, random flip, normalization.
+
+    Args:
+        dataset: a `VideoDataset`.
+        batch_size: global batch size.
+        config: a `ClipConfig`.
+        shuffle: shuffle the videos every epoch.
+        seed: makes shuffling, jitter and augmentation deterministic.
+        deterministic: `tf.data` output order (`None`: tf.data's default).
+        cache: `None`, `""` (memory) or a file path: caches decoded clips
+            (this freezes the temporal jitter; crops and flips stay random).
+        bad_videos: a `BadVideoLog` that collects skipped videos.
+        repeat: repeat forever.
+        drop_remainder: drop the last incomplete batch.
+    """
+    config = config or ClipConfig()
+    log = bad_videos if bad_videos is not None else BadVideoLog(config.max_consecutive_failures)
+    paths = list(dataset.paths)
+    labels = np.asarray(dataset.labels, np.int32)
+    if not paths:
+        raise ValueError(f"dataset {dataset.name!r} has no videos")
+
+    def decode_py(index, element_seed):
+        rng = np.random.default_rng(int(element_seed.numpy()) & 0x7FFFFFFFFFFFFFFF)
+
+        def starts_for(num_frames, stride):
+            return [sampling.random_clip_start(num_frames, config.clip_len, stride, rng)]
+
+        return _decode(paths[int(index.numpy())], config, log, starts_for)
+
+    ds = tf.data.Dataset.range(len(paths))
+    if shuffle:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = _decoded_frames(tf.data.Dataset.zip(ds, seeds), decode_py)
+    if cache is not None:
+        ds = ds.cache(cache)
+
+    def augment(frames, index, element_seed):
+        pair = tf.stack([element_seed, tf.constant(0x5EED, tf.int64)])
+        clip = transforms.train_transform(
+            frames, pair, config.resize, config.crop, config.flip, config.scale_jitter, config.mean, config.std
+        )
+        clip = tf.ensure_shape(clip, (config.clip_len, config.crop, config.crop, 3))
+        return clip, tf.gather(labels, index)
+
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options(deterministic))
+
+
+def eval_dataset(dataset, batch_size, config=None, with_video_id=True, deterministic=True, cache=None,
+                 bad_videos=None):
+    """A test `tf.data.Dataset` of uniformly spaced, center-cropped clips.
+
+    Each video gives `config.test_clips` clips. Elements are
+    `(clips, labels, video_ids)` batches (`video_ids` index `dataset.paths`),
+    or `(clips, labels)` with `with_video_id=False` (for `model.fit`'s
+    validation data, which would read a third entry as sample weights).
+    """
+    config = config or ClipConfig()
+    log = bad_videos if bad_videos is not None else BadVideoLog(config.max_consecutive_failures)
+    paths = list(dataset.paths)
+    labels = np.asarray(dataset.labels, np.int32)
+    if not paths:
+        raise ValueError(f"dataset {dataset.name!r} has no videos")
+
+    def decode_py(index):
+        def starts_for(num_frames, stride):
+            return sampling.uniform_clip_starts(num_frames, config.clip_len, config.test_clips, stride)
+
+        return _decode(paths[int(index.numpy())], config, log, starts_for)
+
+    ds = _decoded_frames(tf.data.Dataset.range(len(paths)), decode_py)
+    if cache is not None:
+        ds = ds.cache(cache)
+
+    def to_clips(frames, index):
+        shape = tf.shape(frames)
+        clips = tf.reshape(frames, (config.test_clips, config.clip_len, shape[1], shape[2], 3))
+        clips = transforms.eval_transform(clips, config.resize, config.crop, config.mean, config.std)
+        clips = tf.ensure_shape(clips, (config.test_clips, config.clip_len, config.crop, config.crop, 3))
+        label = tf.fill((config.test_clips,), tf.gather(labels, index))
+        video = tf.fill((config.test_clips,), tf.cast(index, tf.int32))
+        if with_video_id:
+            return tf.data.Dataset.from_tensor_slices((clips, label, video))
+        return tf.data.Dataset.from_tensor_slices((clips, label))
+
+    ds = ds.flat_map(to_clips) if deterministic else ds.interleave(
+        to_clips, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+    )
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options(deterministic))

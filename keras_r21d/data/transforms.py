@@ -1,0 +1,91 @@
+"""Spatial preprocessing as graph ops: resize, crops, flip, normalization.
+
+Shared by the input pipeline and the exported serving graph, so that a served
+model sees exactly what the evaluator sees.
+"""
+
+import tensorflow as tf
+
+# RGB mean and std on the 0..1 scale (VMZ and torchvision's video models).
+MEAN = (0.43216, 0.394666, 0.37645)
+STD = (0.22803, 0.22145, 0.216989)
+# The paper resizes frames to 128x171 before cropping 112x112.
+RESIZE = (128, 171)
+CROP = 112
+
+
+def resize_frames(frames, size=RESIZE):
+    """Resizes `(..., H, W, 3)` frames to `size` = `(height, width)`, or short side `size` if an int.
+
+    Bilinear without antialiasing (torchvision's video preset); returns
+    float32 on the 0..255 scale.
+    """
+    frames = tf.convert_to_tensor(frames)
+    if isinstance(size, int):
+        shape = tf.shape(frames)
+        h = tf.cast(shape[-3], tf.float32)
+        w = tf.cast(shape[-2], tf.float32)
+        scale = size / tf.minimum(h, w)
+        size = (tf.cast(tf.round(h * scale), tf.int32), tf.cast(tf.round(w * scale), tf.int32))
+    shape = tf.shape(frames)
+    flat = tf.reshape(tf.cast(frames, tf.float32), tf.concat([[-1], shape[-3:]], axis=0))
+    resized = tf.image.resize(flat, size, method="bilinear", antialias=False)
+    return tf.reshape(resized, tf.concat([shape[:-3], tf.shape(resized)[1:]], axis=0))
+
+
+def center_crop(frames, crop=CROP):
+    """The central `crop x crop` window of `(..., H, W, C)` frames."""
+    crop = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    shape = tf.shape(frames)
+    top = (shape[-3] - crop[0]) // 2
+    left = (shape[-2] - crop[1]) // 2
+    return frames[..., top : top + crop[0], left : left + crop[1], :]
+
+
+def random_crop(frames, crop, seed):
+    """The same random `crop x crop` window in every frame of a `(T, H, W, C)` clip."""
+    crop = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    shape = tf.shape(frames)
+    top = tf.random.stateless_uniform((), seed, 0, shape[1] - crop[0] + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform((), seed + [0, 1], 0, shape[2] - crop[1] + 1, dtype=tf.int32)
+    return frames[:, top : top + crop[0], left : left + crop[1], :]
+
+
+def random_flip(frames, seed):
+    """Flips a whole `(T, H, W, C)` clip left-right with probability 1/2."""
+    flip = tf.random.stateless_uniform((), seed + [0, 2]) < 0.5
+    return tf.cond(flip, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
+
+
+def scale_jitter(frames, short_side_range, seed):
+    """Resizes a clip so that its short side is uniform in `short_side_range`."""
+    low, high = short_side_range
+    side = tf.random.stateless_uniform((), seed + [0, 3], low, high + 1, dtype=tf.int32)
+    shape = tf.shape(frames)
+    h = tf.cast(shape[1], tf.float32)
+    w = tf.cast(shape[2], tf.float32)
+    scale = tf.cast(side, tf.float32) / tf.minimum(h, w)
+    size = (tf.cast(tf.round(h * scale), tf.int32), tf.cast(tf.round(w * scale), tf.int32))
+    return tf.image.resize(frames, size, method="bilinear", antialias=False)
+
+
+def normalize(frames, mean=MEAN, std=STD):
+    """0..255 RGB to `(x / 255 - mean) / std`, float32."""
+    frames = tf.cast(frames, tf.float32) / 255.0
+    return (frames - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def eval_transform(frames, resize=RESIZE, crop=CROP, mean=MEAN, std=STD):
+    """Test-time preprocessing of uint8 frames: resize, center crop, normalize."""
+    return normalize(center_crop(resize_frames(frames, resize), crop), mean, std)
+
+
+def train_transform(frames, seed, resize=RESIZE, crop=CROP, flip=True, jitter=None, mean=MEAN, std=STD):
+    """Training preprocessing of a uint8 clip: resize, optional scale jitter, random crop, flip, normalize."""
+    clip = resize_frames(frames, resize)
+    if jitter is not None:
+        clip = scale_jitter(clip, jitter, seed)
+    clip = random_crop(clip, crop, seed)
+    if flip:
+        clip = random_flip(clip, seed)
+    return normalize(clip, mean, std)

@@ -1,0 +1,208 @@
+"""Decoding only the frames a clip needs, with OpenCV.
+
+Every function here opens its own `cv2.VideoCapture` and releases it on every
+path (errors included); none trusts the container's frame count blindly.
+Frames come back as RGB `uint8` arrays of shape `(n, H, W, 3)`, grayscale
+files included.
+"""
+
+import os
+import threading
+import time
+
+import cv2
+import numpy as np
+
+# Below this many frames between two needed frames we grab() through instead
+# of seeking (a seek decodes from the previous keyframe anyway).
+_GRAB_GAP = 8
+# cv2's own threads fight with tf.data's parallel calls on a small machine.
+cv2.setNumThreads(1)
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot be decoded; `reason` says why, `path` which file."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class _Capture:
+    """`cv2.VideoCapture` as a context manager that always releases."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.cap = None
+
+    def __enter__(self):
+        if not os.path.exists(self.path):
+            raise VideoDecodeError(self.path, "file not found")
+        if os.path.isdir(self.path):
+            raise VideoDecodeError(self.path, "is a directory")
+        if os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
+            raise VideoDecodeError(self.path, "empty file (0 bytes)")
+        self.cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
+        if not self.cap.isOpened():
+            raise VideoDecodeError(self.path, "cannot open: not a video, or an unsupported codec")
+        return self.cap
+
+    def __exit__(self, *exc):
+        if self.cap is not None:
+            self.cap.release()
+        return False
+
+
+def _to_rgb(frame, size):
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    elif frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+    else:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    if size is not None and (frame.shape[0], frame.shape[1]) != tuple(size):
+        frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+def _count_by_grabbing(cap, limit=1_000_000):
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+    count = 0
+    while count < limit and cap.grab():
+        count += 1
+    return count
+
+
+def probe(path):
+    """Returns `{"frames", "fps", "width", "height"}` of a video.
+
+    The frame count comes from the container when it is plausible, and from
+    grabbing every frame when the header says 0 or less; `read_frames`
+    corrects it further when the header overstates it.
+    """
+    with _Capture(path) as cap:
+        frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if frames <= 0:
+            frames = _count_by_grabbing(cap)
+        return {
+            "frames": frames,
+            "fps": float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
+            "width": int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        }
+
+
+def _read_from(cap, indices, size, deadline, path):
+    """Reads `indices` (>= 0) from an open capture; `None` if the file ends first."""
+    wanted = np.unique(indices)
+    decoded = {}
+    position = None
+    for index in wanted:
+        index = int(index)
+        if position is None or index < position or index - position > _GRAB_GAP:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+            position = index
+        while position < index:
+            if not cap.grab():
+                return None
+            position += 1
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            return None
+        decoded[index] = _to_rgb(frame, size)
+        position = index + 1
+        if deadline is not None and time.monotonic() > deadline:
+            raise VideoDecodeError(path, "decoding timed out")
+    return decoded
+
+
+def decode_clip(path, choose_indices, size=None, deadline=None):
+    """Opens a video once, picks frame indices for its real length, decodes them.
+
+    Args:
+        path: the video file.
+        choose_indices: `f(num_frames, fps) -> int array`; `-1` entries are
+            padding (black frames). It may raise `VideoDecodeError` (e.g. a
+            video too short for the `skip` policy).
+        size: optional `(height, width)` to resize frames to on decode.
+        deadline: optional `time.monotonic()` value; past it decoding stops
+            with a `VideoDecodeError`.
+
+    Returns:
+        `(frames, indices, num_frames)`: `uint8` frames `(len(indices), H, W, 3)`
+        in RGB, the indices used, and the frame count the decoder reached or
+        the container announced.
+
+    Raises:
+        VideoDecodeError: naming the file and the reason.
+    """
+    with _Capture(path) as cap:
+        num_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        if num_frames <= 0:
+            num_frames = _count_by_grabbing(cap)
+        for _ in range(3):
+            if num_frames <= 0:
+                raise VideoDecodeError(path, "no decodable frames")
+            indices = np.asarray(choose_indices(num_frames, fps), dtype=np.int64)
+            decoded = _read_from(cap, indices[indices >= 0], size, deadline, path)
+            if decoded is not None:
+                break
+            # The header overstated the length: count the frames that really decode.
+            num_frames = _count_by_grabbing(cap)
+        else:
+            raise VideoDecodeError(path, "the frame count keeps changing while decoding")
+    if not decoded:
+        raise VideoDecodeError(path, "no frame was decoded")
+    shapes = {f.shape for f in decoded.values()}
+    first = decoded[min(decoded)]
+    if len(shapes) != 1:
+        # The frame size changes inside the file: bring every frame to the first one's.
+        h, w = first.shape[:2]
+        decoded = {k: cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for k, f in decoded.items()}
+    black = np.zeros_like(first)
+    frames = np.stack([decoded[int(i)] if i >= 0 else black for i in indices])
+    return frames, indices, num_frames
+
+
+def read_frames(path, indices, size=None):
+    """Decodes the frames at `indices` (any order, repeats allowed).
+
+    Raises `VideoDecodeError` if an index is past the real end of the file.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+
+    def choose(num_frames, fps):
+        if indices.size and indices.max() >= num_frames:
+            raise VideoDecodeError(path, f"frame {int(indices.max())} requested, the video has {num_frames}")
+        return indices
+
+    return decode_clip(path, choose, size=size)[0]
+
+
+def run_with_timeout(function, timeout, path):
+    """Runs `function()` in a daemon thread and waits at most `timeout` seconds.
+
+    A decode that hangs inside native code cannot be interrupted from Python:
+    its thread is abandoned (it ends when the call returns) and the file is
+    reported as timed out, so the pipeline moves on.
+    """
+    if timeout is None:
+        return function()
+    box = {}
+
+    def target():
+        try:
+            box["value"] = function()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True, name="keras_r21d-decode")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise VideoDecodeError(path, f"decoding timed out after {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -1,0 +1,75 @@
+"""The shared test helper: every layer and model is checked the same way."""
+
+import os
+
+import keras
+import numpy as np
+
+
+def random_clip(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def assert_weights_equal(a, b):
+    wa, wb = a.get_weights(), b.get_weights()
+    assert len(wa) == len(wb)
+    for x, y in zip(wa, wb):
+        np.testing.assert_array_equal(x, y)
+
+
+def run_layer_test(layer_cls, init_kwargs, input_shape, expected_output_shape, tmp_path):
+    """Shape, config round trip, `.keras` round trip and a training step of one layer.
+
+    Returns the built layer instance.
+    """
+    layer = layer_cls(**init_kwargs)
+    x = random_clip(input_shape)
+    y = layer(x, training=False)
+    assert tuple(y.shape) == tuple(expected_output_shape)
+    assert tuple(layer.compute_output_shape(input_shape)) == tuple(expected_output_shape)
+
+    # Every constructor argument is stored and the config rebuilds an equal layer.
+    config = layer.get_config()
+    for key in init_kwargs:
+        assert key in config, f"{layer_cls.__name__}.get_config() lacks {key!r}"
+    clone = layer_cls.from_config(config)
+    clone.build(input_shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(np.asarray(clone(x, training=False)), np.asarray(y), atol=1e-6)
+    assert clone.get_config() == config
+
+    # Inside a model: .keras round trip with safe_mode on, and one training step.
+    inputs = keras.Input(input_shape[1:])
+    model = keras.Model(inputs, layer_cls(**init_kwargs)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    before = [w.copy() for w in model.get_weights()]
+    model.train_on_batch(x, np.zeros((input_shape[0], *expected_output_shape[1:]), "float32"))
+    changed = [not np.array_equal(b, a) for b, a in zip(before, model.get_weights())]
+    assert any(changed), "a training step changed no weight"
+    path = os.path.join(tmp_path, "layer.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert_weights_equal(model, loaded)
+    np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)))
+    return layer
+
+
+def run_model_test(model, input_shape, tmp_path, train=True):
+    """Forward shape, a training step, and a `.keras` round trip with identical outputs."""
+    x = random_clip((2, *input_shape))
+    y = np.asarray(model(x, training=False))
+    assert y.shape[0] == 2
+    assert np.isfinite(y).all()
+    if train:
+        model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="sparse_categorical_crossentropy")
+        before = [w.copy() for w in model.get_weights()]
+        loss = model.train_on_batch(x, np.arange(2) % model.output_shape[-1])
+        assert np.isfinite(loss)
+        assert any(not np.array_equal(b, a) for b, a in zip(before, model.get_weights()))
+    path = os.path.join(tmp_path, f"{model.name}.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert_weights_equal(model, loaded)
+    np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)))
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    return loaded

@@ -1,0 +1,67 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras_r21d
+from keras_r21d.models.specs import VARIANTS
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_r21d", *args], capture_output=True, text=True, env=ENV, timeout=600
+    )
+
+
+def test_models_json_matches_model_stats():
+    result = run_cli("models", "--depth", "10", "--frames", "4", "--size", "64", "--classes", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [row["name"] for row in rows] == [f"{v}_10" for v in VARIANTS]
+    by_name = {row["name"]: row for row in rows}
+    for name in ["r2plus1d_10", "r2d_10", "mc3_10"]:
+        stats = keras_r21d.model_stats(keras_r21d.get_model(name, input_shape=(4, 64, 64, 3), classes=10))
+        assert by_name[name]["paper_params"] == stats["paper_params"]
+        assert by_name[name]["macs"] == stats["macs"]
+        assert by_name[name]["keras_params"] == stats["keras_params"]
+
+
+def test_models_table_and_errors():
+    result = run_cli("models", "--depth", "10", "--frames", "4", "--size", "32")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("| model |")
+    assert sum(line.startswith("| ") and "_10 |" in line for line in lines) == len(VARIANTS)
+    bad = run_cli("models", "--depth", "19")
+    assert bad.returncode == 2
+    assert "depth=19" in bad.stderr
+
+
+def test_make_synthetic_and_check_videos(tmp_path):
+    import videos
+
+    out = tmp_path / "syn"
+    made = run_cli("make-synthetic", str(out), "--classes", "2", "--videos-per-class", "4", "--frames", "10..12",
+                   "--size", "48x32", "--seed", "1")
+    assert made.returncode == 0, made.stderr
+    assert f"dataset spec: ucf101:{out}" in made.stdout
+    assert "writing videos [" in made.stderr  # the progress bar
+
+    # Add bad files to a folder dataset and check it.
+    bad = videos.make_bad_files(tmp_path / "folder" / "class_a")
+    videos.write_opencv(tmp_path / "folder" / "class_a" / "short.avi", videos.moving_frames(4), "MJPG")
+    videos.write_opencv(tmp_path / "folder" / "class_b" / "good.avi", videos.moving_frames(20), "MJPG")
+    checked = run_cli("check-videos", f"folder:{tmp_path / 'folder'}", "--subset", "train", "--frames", "8", "--json")
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["checked"] == 5 and report["bad"] == 4
+    reasons = {os.path.basename(v["path"]): v["reason"] for v in report["videos"]}
+    assert reasons["short.avi"] == "too short: 4 frames, a clip needs 8"
+    assert reasons["good.avi"] is None
+    assert reasons[os.path.basename(bad["zero_bytes"])] == "empty file (0 bytes)"
+
+    text = run_cli("check-videos", f"ucf101:{out}", "--frames", "8")
+    assert text.returncode == 0
+    assert text.stdout.strip().splitlines()[-1] == "8 videos checked, 8 ok, 0 unreadable or too short"

@@ -1,0 +1,179 @@
+import keras
+import numpy as np
+import pytest
+from test_case import random_clip, run_layer_test
+
+from keras_r21d.layers import BasicBlock, BottleneckBlock, Conv2Plus1D, VideoConv, paper_midplanes
+
+
+def _reference_conv3d(filters, kernel, strides, padding, kernel_value):
+    """keras.layers.Conv3D with explicit zero padding: an independent reference."""
+    layer = keras.Sequential(
+        [
+            keras.layers.ZeroPadding3D(padding),
+            keras.layers.Conv3D(filters, kernel, strides=strides, padding="valid", use_bias=False),
+        ]
+    )
+    layer.build((None, None, None, None, kernel_value.shape[3]))
+    layer.layers[-1].kernel.assign(kernel_value)
+    return layer
+
+
+@pytest.mark.parametrize("implementation", ["auto", "conv2d", "conv3d"])
+@pytest.mark.parametrize(
+    "kernel,strides,padding",
+    [
+        ((3, 3, 3), (1, 1, 1), None),
+        ((3, 3, 3), (2, 2, 2), None),
+        ((1, 3, 3), (1, 2, 2), None),
+        ((3, 1, 1), (2, 1, 1), None),
+        ((1, 1, 1), (2, 2, 2), None),
+        ((3, 7, 7), (1, 2, 2), None),
+        ((6, 7, 7), (1, 2, 2), (0, 3, 3)),
+    ],
+)
+def test_video_conv_matches_keras_conv3d(kernel, strides, padding, implementation):
+    x = random_clip((2, 6, 15, 14, 5))
+    layer = VideoConv(7, kernel, strides=strides, padding=padding, implementation=implementation)
+    y = np.asarray(layer(x))
+    pad = padding or tuple(k // 2 for k in kernel)
+    ref = _reference_conv3d(7, kernel, strides, pad, np.asarray(layer.kernel))
+    expected = np.asarray(ref(x))
+    assert y.shape == expected.shape == layer.compute_output_shape(x.shape)
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_video_conv_lowering_choice():
+    assert VideoConv(8, (1, 3, 3)).lowering == "spatial"
+    assert VideoConv(8, (3, 1, 1)).lowering == "temporal"
+    assert VideoConv(8, (3, 3, 3)).lowering == "conv3d"
+    assert VideoConv(8, (3, 3, 3), implementation="conv2d").lowering == "im2col"
+    assert VideoConv(8, (1, 3, 3), implementation="conv3d").lowering == "conv3d"
+
+
+def test_video_conv_serialization(tmp_path):
+    run_layer_test(
+        VideoConv,
+        {"filters": 6, "kernel_size": (3, 3, 3), "strides": (2, 2, 2), "implementation": "conv2d", "use_bias": True},
+        (2, 4, 8, 8, 3),
+        (2, 2, 4, 4, 6),
+        tmp_path,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"filters": 0}, "filters=0"),
+        ({"filters": 4, "kernel_size": (3, 3)}, "kernel_size=(3, 3)"),
+        ({"filters": 4, "strides": 0}, "strides=0"),
+        ({"filters": 4, "implementation": "cuda"}, "implementation='cuda'"),
+    ],
+)
+def test_video_conv_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        VideoConv(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "n_in,n_out,expected",
+    [(64, 64, 144), (64, 128, 230), (128, 128, 288), (256, 256, 576), (512, 512, 1152), (128, 256, 460),
+     (256, 512, 921)],
+)
+def test_paper_midplanes(n_in, n_out, expected):
+    assert paper_midplanes(n_in, n_out) == expected
+    layer = Conv2Plus1D(n_out)
+    layer.build((None, None, None, None, n_in))
+    assert layer.midplanes_ == expected
+    # The factorized conv has (almost) the parameters of the 3D conv.
+    params = sum(int(np.prod(w.shape)) for w in layer.weights if w.name == "kernel")
+    assert abs(params - 27 * n_in * n_out) / (27 * n_in * n_out) < 0.01
+
+
+@pytest.mark.parametrize("implementation", ["auto", "conv2d", "conv3d"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv2plus1d_equals_two_conv_reference(stride, implementation):
+    """Conv2Plus1D == Conv3D(1x3x3) -> BN -> ReLU -> Conv3D(3x1x1) with the same weights."""
+    x = random_clip((2, 8, 16, 12, 16), seed=1)
+    layer = Conv2Plus1D(24, strides=stride, implementation=implementation, bn_epsilon=1e-5)
+    layer.build(x.shape)
+    rng = np.random.default_rng(2)
+    bn = layer.bn
+    bn.gamma.assign(rng.uniform(0.5, 1.5, bn.gamma.shape))
+    bn.beta.assign(rng.normal(size=bn.beta.shape))
+    bn.moving_mean.assign(rng.normal(size=bn.moving_mean.shape))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, bn.moving_variance.shape))
+    y = np.asarray(layer(x, training=False))
+
+    spatial = _reference_conv3d(layer.midplanes_, (1, 3, 3), (1, stride, stride), (0, 1, 1),
+                                np.asarray(layer.spatial.kernel))
+    temporal = _reference_conv3d(24, (3, 1, 1), (stride, 1, 1), (1, 0, 0), np.asarray(layer.temporal.kernel))
+    ref_bn = keras.layers.BatchNormalization(epsilon=1e-5)
+    ref_bn.build((None, None, None, None, layer.midplanes_))
+    ref_bn.set_weights(bn.get_weights())
+    mid = np.maximum(np.asarray(ref_bn(spatial(x), training=False)), 0)
+    expected = np.asarray(temporal(mid))
+    assert y.shape == expected.shape == (2, 8 // stride, 16 // stride, 12 // stride, 24)
+    assert np.abs(y - expected).max() <= 1e-5
+
+
+def test_conv2plus1d_serialization(tmp_path):
+    layer = run_layer_test(
+        Conv2Plus1D,
+        {"filters": 8, "kernel_size": 3, "strides": (2, 2, 2), "midplanes": 5, "bn_epsilon": 1e-5},
+        (2, 4, 8, 8, 4),
+        (2, 2, 4, 4, 8),
+        tmp_path,
+    )
+    assert layer.midplanes_ == 5
+
+
+def test_conv2plus1d_variable_shapes():
+    inputs = keras.Input((None, None, None, 8))
+    model = keras.Model(inputs, Conv2Plus1D(16, strides=2)(inputs))
+    for shape in [(1, 4, 10, 12, 8), (2, 7, 9, 5, 8)]:
+        y = model(random_clip(shape))
+        assert y.shape == (shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2, (shape[3] + 1) // 2, 16)
+
+
+@pytest.mark.parametrize("conv_type", ["3d", "2d", "2plus1d"])
+@pytest.mark.parametrize("block_cls,filters,out", [(BasicBlock, 8, 8), (BottleneckBlock, 4, 16)])
+def test_blocks(block_cls, filters, out, conv_type, tmp_path):
+    t_out = 4 if conv_type == "2d" else 2
+    block = run_layer_test(
+        block_cls,
+        {"filters": filters, "conv_type": conv_type, "stride": 2, "bn_epsilon": 1e-5, "midplanes": "torchvision"},
+        (2, 4, 8, 8, 6),
+        (2, t_out, 4, 4, out),
+        tmp_path,
+    )
+    assert block.shortcut_conv is not None
+    assert block.shortcut_conv.strides == ((1 if conv_type == "2d" else 2), 2, 2)
+
+
+def test_identity_shortcut_when_shape_is_kept():
+    block = BasicBlock(6, conv_type="2plus1d")
+    block(random_clip((1, 4, 8, 8, 6)))
+    assert block.shortcut_conv is None
+
+
+def test_torchvision_midplanes_is_per_block():
+    paper = BasicBlock(128, conv_type="2plus1d", stride=2, midplanes="paper")
+    paper.build((None, 8, 56, 56, 64))
+    assert (paper.conv1.midplanes_, paper.conv2.midplanes_) == (230, 288)
+    tv = BasicBlock(128, conv_type="2plus1d", stride=2, midplanes="torchvision")
+    tv.build((None, 8, 56, 56, 64))
+    assert (tv.conv1.midplanes_, tv.conv2.midplanes_) == (230, 230)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"conv_type": "4d"}, "conv_type='4d'"),
+        ({"stride": 3}, "stride=3"),
+        ({"midplanes": "caffe"}, "midplanes='caffe'"),
+    ],
+)
+def test_block_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BasicBlock(8, **kwargs)
