@@ -21,6 +21,7 @@ setup(
         "numpy",
         "opencv-python-headless>=4.8",
         "matplotlib",
+        "tensorboard",
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],

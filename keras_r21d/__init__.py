@@ -27,7 +27,21 @@ from keras_r21d.models import (
 
 __version__ = "0.1.0"
 
+
+def train(*args, **kwargs):
+    """Trains a model on a video dataset: see `keras_r21d.training.train`."""
+    from keras_r21d.training import train as _train
+
+    return _train(*args, **kwargs)
+
+
+def evaluate(*args, **kwargs):
+    """Clip- and video-level evaluation: see `keras_r21d.training.evaluate`."""
+    from keras_r21d.training import evaluate as _evaluate
+
+    return _evaluate(*args, **kwargs)
+
 __all__ = [
     "FR2D", "MC2", "MC3", "MC4", "MC5", "R2D", "R3D", "RMC2", "RMC3", "RMC4", "RMC5", "R2Plus1D",
-    "VideoResNet", "get_model", "layers", "list_models", "model_stats", "__version__",
+    "VideoResNet", "evaluate", "get_model", "layers", "list_models", "model_stats", "train", "__version__",
 ]

@@ -129,6 +129,53 @@ def cmd_make_synthetic(args):
     return 0
 
 
+def cmd_train(args):
+    from keras_r21d.training import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data, out=args.out, arch=args.arch, depth=args.depth, frames=args.frames, size=args.size,
+        batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, schedule=args.schedule,
+        decay_epochs=args.decay_epochs, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
+        momentum=args.momentum, nesterov=not args.no_nesterov, width_multiplier=args.width_multiplier,
+        dropout=args.dropout, val_data=args.val_data, val_freq=args.val_freq, test_clips=args.test_clips,
+        frame_stride=args.frame_stride, flip=not args.no_flip, strategy=args.strategy, mixed_precision=args.mixed_precision,
+        jit_compile=args.xla, seed=args.seed, max_train_videos=args.max_train_videos,
+        tensorboard=not args.no_tensorboard,
+    )
+    result = train(config, resume=args.resume)
+    if result["report"] is not None:
+        r = result["report"]
+        print(f"Clip@1 {100 * r['clip_top1']:.1f}  Clip@5 {100 * r['clip_top5']:.1f}  "
+              f"Video@1 {100 * r['video_top1']:.1f}  Video@5 {100 * r['video_top5']:.1f}  "
+              f"({r['videos']} videos, {r['clips']} clips)")
+        print(f"model: {result['model_path']}\nrun: {result['run_dir']}")
+    return 0
+
+
+def _print_report(report):
+    print(f"Clip@1 {100 * report['clip_top1']:.2f}  Clip@5 {100 * report['clip_top5']:.2f}  "
+          f"Video@1 {100 * report['video_top1']:.2f}  Video@5 {100 * report['video_top5']:.2f}  "
+          f"({report['videos']} videos, {report['clips']} clips, {report['clips_per_video']:.0f} per video)")
+    for name, accuracy in report["per_class_video_top1"].items():
+        print(f"  {name:30s} {'-' if accuracy is None else f'{100 * accuracy:.1f}'}")
+    if report.get("skipped_videos"):
+        print(f"{len(report['skipped_videos'])} videos skipped (unreadable)")
+
+
+def cmd_evaluate(args):
+    from keras_r21d.training import evaluate
+
+    report = evaluate(args.model, args.data, clips=args.clips, frames=args.frames, size=args.size,
+                      batch_size=args.batch_size, out_dir=args.out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+        if args.out:
+            print(f"report: {os.path.join(args.out, 'report.json')}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-r21d",
@@ -162,6 +209,53 @@ def build_parser():
     p.add_argument("--size", default="128x96", help="WIDTHxHEIGHT (default 128x96)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_synthetic)
+
+    from keras_r21d.models.specs import DEPTHS, VARIANTS
+
+    p = sub.add_parser("train", help="train a network on a video dataset (the paper's recipe by default)")
+    p.add_argument("--data", required=True, help="dataset spec, e.g. ucf101:/data/UCF101:split=1")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--arch", default="r2plus1d", choices=sorted(VARIANTS))
+    p.add_argument("--depth", type=int, default=18, choices=sorted(DEPTHS))
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=112, help="crop size (frames are resized to 128/112 of it first)")
+    p.add_argument("--batch-size", type=int, default=8, help="global batch size")
+    p.add_argument("--epochs", type=int, default=45)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--width-multiplier", type=float, default=1.0)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.01 x batch / 32)")
+    p.add_argument("--schedule", choices=["step", "cosine", "constant"], default="step")
+    p.add_argument("--decay-epochs", type=int, default=10, help="step schedule: divide by 10 every N epochs")
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--no-nesterov", action="store_true")
+    p.add_argument("--val-data", help="validation dataset spec (default: the test subset of --data)")
+    p.add_argument("--val-freq", type=int, default=1, help="compute Video@1 every N epochs")
+    p.add_argument("--test-clips", type=int, default=10, help="clips per video for Video@1")
+    p.add_argument("--frame-stride", type=int, default=1)
+    p.add_argument("--no-flip", action="store_true",
+                   help="no horizontal flips (needed when left/right is the label, as in make-synthetic data)")
+    p.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker", "one_device"],
+                   default="auto")
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (for GPUs)")
+    p.add_argument("--xla", action="store_true", help="jit_compile the train step (slower on CPUs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-train-videos", type=int, default=None)
+    p.add_argument("--no-tensorboard", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="Clip@1/Video@1 of a model on a dataset's test subset")
+    p.add_argument("--model", required=True, help="a .keras file")
+    p.add_argument("--data", required=True, help="dataset spec")
+    p.add_argument("--clips", type=int, default=10, help="uniform clips per video (default 10)")
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", help="write report.json and confusion_matrix.png here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -169,9 +263,11 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_tensorflow()
+    from keras_r21d.training.callbacks import ResumeError
+
     try:
         return args.func(args)
-    except ValueError as error:
+    except (ValueError, ResumeError) as error:
         print(f"keras-r21d {args.command}: error: {error}", file=sys.stderr)
         return 2
 

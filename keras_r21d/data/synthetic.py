@@ -9,6 +9,10 @@ miniature. Texture, background, speed, start position, size and length are
 random per video; everything is deterministic for a seed. Videos are real
 MPEG-4 files in the UCF101 layout (`classInd.txt`, `trainlist0N.txt`,
 `testlist0N.txt`, `Class/v_Class_gXX_cYY.avi`).
+
+A horizontal flip turns MoveLeft into MoveRight and a clockwise rotation into
+a counter-clockwise one: train on this dataset without flips
+(`ClipConfig(flip=False)`, `keras-r21d train --no-flip`).
 """
 
 import os
@@ -53,33 +57,44 @@ def _object(rng, size):
 
 
 def render_video(kind, direction, rng, frames, height, width):
-    """Frames `(frames, height, width, 3)` uint8 RGB of one synthetic video."""
+    """Frames `(frames, height, width, 3)` uint8 RGB of one synthetic video.
+
+    Translations wrap around the frame (the object leaves on one side and
+    comes back on the other), so the speed can be high whatever the length
+    and every position is equally likely in every class.
+    """
     background = _texture(rng, height, width, (int(rng.integers(3, 7)), int(rng.integers(4, 9))))
     size = int(min(height, width) * rng.uniform(0.35, 0.5))
     tex, mask = _object(rng, size)
     steps = frames - 1
-    speed = rng.uniform(0.8, 1.6) * min(height, width) / 96.0  # pixels per frame
-    travel = min(speed * steps, 0.55 * min(height, width))
+    speed = rng.uniform(0.02, 0.035) * min(height, width)  # pixels per frame
     angle0 = rng.uniform(0, 360)
-    spin = rng.uniform(3.0, 7.0) * steps  # degrees over the video
-    scale_lo = rng.uniform(0.55, 0.75)
-    scale_hi = scale_lo * rng.uniform(1.5, 1.8)
-    cx0 = rng.uniform(0.3, 0.7) * width
-    cy0 = rng.uniform(0.3, 0.7) * height
+    spin = rng.uniform(4.0, 8.0) * steps  # degrees over the video
+    zoom = min(np.exp(rng.uniform(0.015, 0.025) * steps), 2.5)  # scale ratio over the video
+    scale_lo = rng.uniform(0.5, 0.7)
+    cx0 = rng.uniform(0, width)
+    cy0 = rng.uniform(0, height)
     axis = {"horizontal": (1, 0), "vertical": (0, 1), "diagonal": (0.7071, 0.7071),
             "antidiagonal": (0.7071, -0.7071)}.get(kind, (0, 0))
     out = np.empty((frames, height, width, 3), np.uint8)
     for t in range(frames):
         s = t / steps if direction > 0 else 1 - t / steps  # the reversed twin runs s backwards
-        cx = cx0 + axis[0] * travel * (s - 0.5)
-        cy = cy0 + axis[1] * travel * (s - 0.5)
+        cx = (cx0 + axis[0] * speed * steps * s) % width
+        cy = (cy0 + axis[1] * speed * steps * s) % height
         angle = angle0 + (spin * s if kind == "rotate" else 0.0)
-        scale = scale_lo + (scale_hi - scale_lo) * s if kind == "zoom" else 1.0
-        matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
-        matrix[:, 2] += (cx - size / 2, cy - size / 2)
-        obj = cv2.warpAffine(tex, matrix, (width, height), flags=cv2.INTER_LINEAR)
-        alpha = cv2.warpAffine(mask, matrix, (width, height), flags=cv2.INTER_LINEAR)[..., None] / 255.0
-        out[t] = (background * (1 - alpha) + obj * alpha).astype(np.uint8)
+        scale = scale_lo * zoom**s if kind == "zoom" else 1.0
+        frame = background.astype(np.float32)
+        # Draw the object at its position and at its wrapped copies across the edges.
+        for dx in (-width, 0, width):
+            for dy in (-height, 0, height):
+                x, y = cx + dx, cy + dy
+                if -size < x < width + size and -size < y < height + size:
+                    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
+                    matrix[:, 2] += (x - size / 2, y - size / 2)
+                    obj = cv2.warpAffine(tex, matrix, (width, height), flags=cv2.INTER_LINEAR)
+                    alpha = cv2.warpAffine(mask, matrix, (width, height), flags=cv2.INTER_LINEAR)[..., None] / 255.0
+                    frame = frame * (1 - alpha) + obj * alpha
+        out[t] = frame.astype(np.uint8)
     return out
 
 

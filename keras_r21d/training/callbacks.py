@@ -1,0 +1,142 @@
+"""Callbacks: atomic resumable checkpoints, video-level validation accuracy, learning-rate logging."""
+
+import glob
+import json
+import os
+import shutil
+
+import keras
+
+from keras_r21d.training.evaluation import compute_metrics, predict_clips
+from keras_r21d.training.io import atomic_save_model, atomic_write_text
+
+STATE_FILE = "state.json"
+
+
+class ResumeError(RuntimeError):
+    """A run cannot be resumed (missing or corrupt checkpoint); the message says which file."""
+
+
+class ResumableCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (optimizer included) after every epoch, atomically, and the best one.
+
+    Layout in `checkpoint_dir`: `epoch-NNN.keras` (the latest only),
+    `best.keras`, and `state.json` (`{"epoch", "checkpoint", "monitor",
+    "best"}`), which is written last and always names a complete file: a run
+    killed at any moment resumes from its last finished epoch, as Keras'
+    `BackupAndRestore` does, and never finds a truncated checkpoint.
+
+    Args:
+        checkpoint_dir: where to write (a throw-away folder on non-chief workers).
+        monitor: the metric that selects `best.keras` (falls back to
+            `val_loss`, then `loss`, when it is absent).
+        mode: `"max"` or `"min"` for `monitor`.
+    """
+
+    def __init__(self, checkpoint_dir, monitor="val_video_accuracy", mode="max"):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.monitor = monitor
+        self.mode = mode
+        self.best = None
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        state_path = os.path.join(checkpoint_dir, STATE_FILE)
+        if os.path.exists(state_path):
+            self.best = read_state(checkpoint_dir).get("best")
+
+    def _value(self, logs):
+        for key, mode in [(self.monitor, self.mode), ("val_loss", "min"), ("loss", "min")]:
+            if logs.get(key) is not None:
+                return key, mode, float(logs[key])
+        return None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        name = f"epoch-{epoch + 1:03d}.keras"
+        path = os.path.join(self.checkpoint_dir, name)
+        atomic_save_model(self.model, path)
+        key, mode, value = self._value(logs)
+        improved = value is not None and (
+            self.best is None or (value > self.best if mode == "max" else value < self.best)
+        )
+        if improved:
+            self.best = value
+            tmp = os.path.join(self.checkpoint_dir, f"best.keras.tmp-{os.getpid()}")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, os.path.join(self.checkpoint_dir, "best.keras"))
+        state = {"epoch": epoch + 1, "checkpoint": name, "monitor": key, "best": self.best}
+        atomic_write_text(os.path.join(self.checkpoint_dir, STATE_FILE), json.dumps(state, indent=2))
+        for old in glob.glob(os.path.join(glob.escape(self.checkpoint_dir), "epoch-*.keras")):
+            if os.path.basename(old) != name:
+                os.remove(old)
+
+
+def read_state(checkpoint_dir):
+    """Reads `state.json`; raises `ResumeError` naming the file when it is unreadable."""
+    path = os.path.join(checkpoint_dir, STATE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int) or "checkpoint" not in state:
+            raise ValueError("missing 'epoch' or 'checkpoint'")
+        return state
+    except FileNotFoundError:
+        raise ResumeError(f"nothing to resume: {path} does not exist") from None
+    except (ValueError, OSError) as error:
+        raise ResumeError(f"cannot resume: {path} is corrupt ({error}); refusing to start from scratch") from None
+
+
+def load_checkpoint(checkpoint_dir):
+    """Loads the latest checkpoint (model and optimizer) for `--resume`.
+
+    Returns `(model, epochs_done)`. Raises `ResumeError` naming the file if it
+    is missing or corrupt: a damaged checkpoint never turns into a silent
+    fresh start.
+    """
+    state = read_state(checkpoint_dir)
+    path = os.path.join(checkpoint_dir, os.path.basename(state["checkpoint"]))
+    if not os.path.isfile(path):
+        raise ResumeError(f"cannot resume: checkpoint {path} named in {STATE_FILE} is missing")
+    try:
+        model = keras.models.load_model(path, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - zip, h5 and config errors all mean "corrupt"
+        raise ResumeError(
+            f"cannot resume: checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}); "
+            "refusing to start from scratch. Restore the file or start a new run in another directory."
+        ) from None
+    return model, state["epoch"]
+
+
+class VideoAccuracy(keras.callbacks.Callback):
+    """Adds `val_video_accuracy` (Video@1) and `val_video_clip_accuracy` to the epoch logs.
+
+    Runs every `freq` epochs and at the last one, on `config.test_clips`
+    uniformly spaced clips per validation video, averaging the softmax per
+    video as the paper does.
+    """
+
+    def __init__(self, dataset, config, batch_size, freq=1):
+        super().__init__()
+        self.dataset = dataset
+        self.config = config
+        self.batch_size = batch_size
+        self.freq = max(1, int(freq))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        last = self.params and epoch + 1 == self.params.get("epochs")
+        if (epoch + 1) % self.freq and not last:
+            return
+        probabilities, labels, videos = predict_clips(self.model, self.dataset, self.config, self.batch_size)
+        metrics = compute_metrics(probabilities, labels, videos, self.dataset.class_names)
+        logs["val_video_accuracy"] = metrics["video_top1"]
+        logs["val_video_clip_accuracy"] = metrics["clip_top1"]
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to the epoch logs as `learning_rate`."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

@@ -1,0 +1,166 @@
+"""Clip- and video-level accuracy, the paper's way: Video@1 averages the softmax of each video's clips."""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset
+from keras_r21d.training.io import atomic_write_text
+
+
+def _as_probabilities(outputs):
+    outputs = np.asarray(outputs, np.float64)
+    if (outputs >= 0).all() and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3):
+        return outputs
+    shifted = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def predict_clips(model, dataset, config=None, batch_size=8, bad_videos=None):
+    """Runs the model on every test clip of a `VideoDataset`.
+
+    Returns `(probabilities, labels, video_ids)`: one row per clip.
+    """
+    config = config or ClipConfig()
+    forward = tf.function(lambda clips: model(clips, training=False), reduce_retracing=True)
+    probabilities, labels, videos = [], [], []
+    for clips, label, video in eval_dataset(dataset, batch_size, config, bad_videos=bad_videos):
+        probabilities.append(_as_probabilities(forward(clips)))
+        labels.append(label.numpy())
+        videos.append(video.numpy())
+    if not probabilities:
+        raise ValueError(f"no test clip could be decoded from dataset {dataset.name!r}")
+    return np.concatenate(probabilities), np.concatenate(labels), np.concatenate(videos)
+
+
+def _topk_hits(probabilities, labels, k):
+    k = min(k, probabilities.shape[1])
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return (top == labels[:, None]).any(axis=1)
+
+
+def video_predictions(probabilities, labels, video_ids):
+    """Averages clip probabilities per video: `(video_probabilities, video_labels, video_ids)`."""
+    ids, inverse = np.unique(video_ids, return_inverse=True)
+    sums = np.zeros((len(ids), probabilities.shape[1]))
+    np.add.at(sums, inverse, probabilities)
+    counts = np.bincount(inverse, minlength=len(ids))[:, None]
+    video_labels = np.zeros(len(ids), labels.dtype)
+    video_labels[inverse] = labels
+    return sums / counts, video_labels, ids
+
+
+def compute_metrics(probabilities, labels, video_ids, class_names):
+    """Clip@1, Clip@5, Video@1, Video@5, per-class video accuracy and the video confusion matrix."""
+    num_classes = len(class_names)
+    video_probs, video_labels, ids = video_predictions(probabilities, labels, video_ids)
+    predicted = video_probs.argmax(axis=1)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (video_labels, predicted), 1)
+    per_class = {}
+    for index, name in enumerate(class_names):
+        total = confusion[index].sum()
+        per_class[name] = None if total == 0 else float(confusion[index, index] / total)
+    return {
+        "clip_top1": float(_topk_hits(probabilities, labels, 1).mean()),
+        "clip_top5": float(_topk_hits(probabilities, labels, 5).mean()),
+        "video_top1": float((predicted == video_labels).mean()),
+        "video_top5": float(_topk_hits(video_probs, video_labels, 5).mean()),
+        "clips": int(len(labels)),
+        "videos": int(len(ids)),
+        "clips_per_video": float(len(labels) / max(len(ids), 1)),
+        "per_class_video_top1": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "class_names": list(class_names),
+    }
+
+
+def evaluate_model(model, dataset, config=None, batch_size=8, out_dir=None):
+    """Evaluates a model on a `VideoDataset` at clip and video level.
+
+    Args:
+        model: a Keras model.
+        dataset: a `VideoDataset` (its test subset).
+        config: a `ClipConfig` (`test_clips` clips per video; the paper uses 10).
+        batch_size: clips per batch.
+        out_dir: if set, writes `report.json`, `confusion_matrix.png` and
+            `clip_predictions.npz` there.
+
+    Returns:
+        The metrics dict of `compute_metrics`, plus `skipped_videos`.
+    """
+    log = BadVideoLog((config or ClipConfig()).max_consecutive_failures)
+    probabilities, labels, videos = predict_clips(model, dataset, config, batch_size, bad_videos=log)
+    metrics = compute_metrics(probabilities, labels, videos, dataset.class_names)
+    metrics["skipped_videos"] = dict(log.failures)
+    metrics["dataset"] = dataset.name
+    if out_dir:
+        from keras_r21d.training.plots import plot_confusion_matrix
+
+        os.makedirs(out_dir, exist_ok=True)
+        np.savez(os.path.join(out_dir, "clip_predictions.npz"), probabilities=probabilities, labels=labels,
+                 video_ids=videos, paths=np.asarray(dataset.paths))
+        atomic_write_text(os.path.join(out_dir, "report.json"), json.dumps(metrics, indent=2))
+        plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), dataset.class_names,
+                              os.path.join(out_dir, "confusion_matrix.png"))
+    return metrics
+
+
+def _run_record(model_path):
+    """The `run.json` of the run a model file belongs to, if any."""
+    folder = os.path.dirname(os.path.abspath(model_path))
+    for candidate in (folder, os.path.dirname(folder)):
+        path = os.path.join(candidate, "run.json")
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return json.load(f)
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def load_model(path):
+    """Loads a `.keras` model with Keras' `safe_mode` on; errors name the file."""
+    import keras
+
+    if not os.path.isfile(path):
+        raise ValueError(f"model file not found: {path}")
+    try:
+        return keras.models.load_model(path, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - report any failure with the file's name
+        raise ValueError(f"cannot load model {path}: {type(error).__name__}: {error}") from None
+
+
+def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_dir=None):
+    """Evaluates a model (or a `.keras` path) on a dataset's test subset at clip and video level.
+
+    Args:
+        model: a `keras.Model` or the path of a `.keras` file.
+        data: a dataset spec (`ucf101:ROOT`, ...) or a `VideoDataset`.
+        clips: uniformly spaced clips per video (the paper: 10).
+        frames, size: clip length and crop size; default the model's input
+            shape, else the run's `run.json`, else 16 and 112.
+        batch_size: clips per batch.
+        out_dir: where to write `report.json` and `confusion_matrix.png`.
+
+    Returns:
+        The metrics dict (`clip_top1`, `clip_top5`, `video_top1`, `video_top5`,
+        `per_class_video_top1`, `confusion_matrix`, ...).
+    """
+    from keras_r21d.data.datasets import load_dataset
+
+    record = None
+    if isinstance(model, str):
+        record = _run_record(model)
+        model = load_model(model)
+    dataset = load_dataset(data, "test") if isinstance(data, str) else data
+    shape = model.input_shape[1:]
+    trained = (record or {}).get("config", {})
+    frames = frames or shape[0] or trained.get("frames") or 16
+    size = size or shape[1] or trained.get("size") or 112
+    resize = (round(size * 128 / 112), round(size * 171 / 112))
+    config = ClipConfig(clip_len=frames, resize=resize, crop=size, test_clips=clips)
+    return evaluate_model(model, dataset, config, batch_size, out_dir)

@@ -1,0 +1,30 @@
+"""Atomic writes: a file on disk is either the old one or the complete new one."""
+
+import os
+
+
+def _tmp(path):
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def atomic_write_text(path, text):
+    """Writes a text file through a temporary file, fsync and a rename."""
+    tmp = _tmp(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_model(model, path):
+    """`model.save(path)` through a temporary file and a rename."""
+    tmp = _tmp(path) + ".keras"
+    try:
+        model.save(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,66 @@
+"""Choosing a `tf.distribute` strategy."""
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "one_device")
+
+
+def cluster_from_env():
+    """The `TF_CONFIG` cluster and task, or `(None, None)` when there is none."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None, None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from None
+    cluster = config.get("cluster") or {}
+    if sum(len(v) for v in cluster.values()) <= 1:
+        return None, None
+    return cluster, config.get("task") or {}
+
+
+def make_strategy(name="auto", collective_timeout=300.0):
+    """Returns a strategy: `MultiWorkerMirroredStrategy` when `TF_CONFIG` names a cluster,
+    `MirroredStrategy` when more than one GPU is visible, the default strategy otherwise.
+
+    Args:
+        name: `"auto"`, or force one of `"default"`, `"mirrored"`, `"multiworker"`, `"one_device"`.
+            `"mirrored"` without GPUs mirrors over the logical CPU devices.
+        collective_timeout: seconds a multi-worker collective may wait for a
+            peer before failing, so that a dead worker cannot hang the others.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+    if name == "auto":
+        if cluster_from_env()[0] is not None:
+            name = "multiworker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "multiworker":
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy=None):
+    """Whether this process writes the run's final artifacts (always true without a cluster)."""
+    cluster, task = cluster_from_env()
+    if cluster is None:
+        return True
+    task_type, index = task.get("type"), int(task.get("index", 0))
+    if "chief" in cluster:
+        return task_type == "chief"
+    return task_type == "worker" and index == 0

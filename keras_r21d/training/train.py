@@ -1,0 +1,210 @@
+"""`keras_r21d.train`: the paper's recipe under `model.fit` and `tf.distribute`."""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+
+import keras
+import tensorflow as tf
+
+from keras_r21d.data.datasets import load_dataset
+from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, train_dataset
+from keras_r21d.models.registry import get_model
+from keras_r21d.models.specs import VARIANTS
+from keras_r21d.training.callbacks import (
+    LearningRateLogger,
+    ResumableCheckpoint,
+    ResumeError,
+    VideoAccuracy,
+    load_checkpoint,
+)
+from keras_r21d.training.evaluation import evaluate_model
+from keras_r21d.training.io import atomic_save_model, atomic_write_text
+from keras_r21d.training.plots import plot_history
+from keras_r21d.training.recipe import make_optimizer, scaled_learning_rate
+from keras_r21d.training.strategy import is_chief, make_strategy
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved in the run's `run.json`.
+
+    The defaults are the paper's recipe (SGD, Nesterov momentum 0.9, weight
+    decay 1e-4, learning rate 0.01 per 32 clips scaled with the global batch,
+    divided by 10 every 10 epochs, 45 epochs, 16x112x112 clips).
+    """
+
+    data: str
+    out: str = "runs/run"
+    arch: str = "r2plus1d"
+    depth: int = 18
+    frames: int = 16
+    size: int = 112
+    batch_size: int = 8
+    epochs: int = 45
+    lr: float = None
+    schedule: str = "step"
+    decay_epochs: int = 10
+    warmup_epochs: float = 0.0
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    width_multiplier: float = 1.0
+    dropout: float = 0.0
+    val_data: str = None
+    val_freq: int = 1
+    test_clips: int = 10
+    frame_stride: int = 1
+    flip: bool = True
+    strategy: str = "auto"
+    collective_timeout: float = 300.0
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    seed: int = 0
+    max_train_videos: int = None
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        if self.arch not in VARIANTS:
+            raise ValueError(f"`arch` must be one of {sorted(VARIANTS)}. Received: arch={self.arch!r}")
+        for name in ("frames", "size", "batch_size", "epochs", "val_freq", "test_clips"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)!r}")
+
+    @property
+    def resize(self):
+        """The pre-crop frame size: the paper's 128x171 for 112 crops, scaled for other sizes."""
+        return (round(self.size * 128 / 112), round(self.size * 171 / 112))
+
+    def clip_config(self, test_clips=None):
+        return ClipConfig(clip_len=self.frames, frame_stride=self.frame_stride, resize=self.resize, crop=self.size,
+                          flip=self.flip, test_clips=test_clips or self.test_clips)
+
+    def input_shape(self):
+        # R2D's stem needs the clip length; every other variant takes any length and size.
+        return (self.frames, None, None, 3) if self.arch == "r2d" else (None, None, None, 3)
+
+
+def versions():
+    import cv2
+
+    from keras_r21d import __version__
+
+    return {"keras_r21d": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "opencv": cv2.__version__, "python": platform.python_version()}
+
+
+def _build(config, num_classes, steps_per_epoch, global_batch):
+    model = get_model(
+        f"{config.arch}_{config.depth}", classes=num_classes, input_shape=config.input_shape(),
+        width_multiplier=config.width_multiplier, dropout=config.dropout,
+    )
+    lr = config.lr if config.lr is not None else scaled_learning_rate(global_batch)
+    optimizer = make_optimizer(lr, steps_per_epoch, config.epochs, config.warmup_epochs, config.schedule,
+                               config.decay_epochs, config.momentum, config.nesterov, config.weight_decay)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  jit_compile=config.jit_compile)
+    return model
+
+
+def train(config=None, callbacks=None, **kwargs):
+    """Trains a network of the family on a video dataset, evaluates it, writes a run directory.
+
+    Args:
+        config: a `TrainConfig`, or leave it out and pass its fields as
+            keyword arguments (`data=...` is required). `resume=True` continues
+            an interrupted run in `out`.
+        callbacks: extra Keras callbacks for `model.fit`.
+
+    Returns:
+        A dict with `model` (the trained `keras.Model`), `run_dir`,
+        `model_path`, `report` (the video-level evaluation, chief only) and
+        `history`.
+
+    The run directory holds `run.json` (configuration, versions, results),
+    `checkpoints/` (the latest epoch, `best.keras`, `state.json`),
+    `history.csv`, `logs/` (TensorBoard), `model.keras`, `eval/report.json`
+    and the plots. With several workers only the chief writes it.
+    """
+    resume = kwargs.pop("resume", False)
+    config = config or TrainConfig(**kwargs)
+    run_dir = config.out
+    chief = is_chief()
+    checkpoint_dir = os.path.join(run_dir, "checkpoints") if chief else tempfile.mkdtemp(prefix="keras_r21d-worker-")
+    if chief and not resume and os.path.exists(os.path.join(checkpoint_dir, "state.json")):
+        raise ResumeError(f"{run_dir} already holds a run: pass resume=True (--resume) or choose another output")
+    if config.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    keras.utils.set_random_seed(config.seed)
+
+    train_set = load_dataset(config.data, "train")
+    if config.max_train_videos:
+        train_set = train_set.subset(range(min(config.max_train_videos, len(train_set))))
+    val_set = load_dataset(config.val_data or config.data, "test")
+    if val_set.class_names != train_set.class_names:
+        raise ValueError(f"validation classes differ from training classes ({config.val_data or config.data})")
+
+    strategy = make_strategy(config.strategy, config.collective_timeout)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    bad_videos = BadVideoLog()
+    train_ds = train_dataset(train_set, config.batch_size, config.clip_config(), seed=config.seed,
+                             bad_videos=bad_videos, repeat=True)
+    val_ds = eval_dataset(val_set, config.batch_size, config.clip_config(test_clips=1), with_video_id=False)
+
+    with strategy.scope():
+        if resume:
+            model, initial_epoch = load_checkpoint(checkpoint_dir)
+        else:
+            model, initial_epoch = _build(config, train_set.num_classes, steps_per_epoch, config.batch_size), 0
+
+    if chief:
+        os.makedirs(run_dir, exist_ok=True)
+        record = {"config": dataclasses.asdict(config), "versions": versions(), "status": "running",
+                  "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+                  "train_videos": len(train_set), "val_videos": len(val_set),
+                  "class_names": train_set.class_names, "resumed_from_epoch": initial_epoch or None}
+        atomic_write_text(os.path.join(run_dir, "run.json"), json.dumps(record, indent=2))
+
+    callbacks = list(callbacks or []) + [
+        VideoAccuracy(val_set, config.clip_config(), config.batch_size, config.val_freq),
+        LearningRateLogger(),
+        ResumableCheckpoint(checkpoint_dir),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if chief:
+        callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_epoch > 0))
+        if config.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False))
+
+    started = time.time()
+    history = {}
+    if initial_epoch < config.epochs:
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
+            verbose=2 if os.environ.get("CI") else "auto",
+        ).history
+    train_seconds = time.time() - started
+
+    result = {"model": model, "run_dir": run_dir, "history": history, "report": None, "model_path": None,
+              "skipped_videos": dict(bad_videos.failures)}
+    if not chief:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        return result
+    model_path = os.path.join(run_dir, "model.keras")
+    atomic_save_model(model, model_path)
+    report = evaluate_model(model, val_set, config.clip_config(), config.batch_size,
+                            out_dir=os.path.join(run_dir, "eval"))
+    plots = plot_history(os.path.join(run_dir, "history.csv"), run_dir)
+    record.update({"status": "done", "train_seconds": round(train_seconds, 1), "model": model_path,
+                   "results": {k: report[k] for k in ("clip_top1", "clip_top5", "video_top1", "video_top5",
+                                                      "clips", "videos")},
+                   "plots": plots, "skipped_videos": dict(bad_videos.failures)})
+    atomic_write_text(os.path.join(run_dir, "run.json"), json.dumps(record, indent=2))
+    result.update({"report": report, "model_path": model_path})
+    return result

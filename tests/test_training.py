@@ -1,0 +1,209 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import keras_r21d
+from keras_r21d.data import ClipConfig, load_dataset, make_synthetic_dataset
+from keras_r21d.training import ResumeError, TrainConfig, compute_metrics, load_checkpoint, predict_clips, train
+from keras_r21d.training.recipe import WarmupSchedule
+
+HERE = os.path.dirname(__file__)
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CI": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """4 motion classes, 8 videos each (6 train, 2 test per class)."""
+    root = tmp_path_factory.mktemp("tiny") / "syn"
+    return make_synthetic_dataset(str(root), classes=4, videos_per_class=8, frames=(12, 16), size=(48, 32), seed=0)
+
+
+def _tiny_config(data, out, **overrides):
+    settings = dict(data=data, out=str(out), arch="r2plus1d", depth=10, frames=4, size=32, batch_size=4, epochs=2,
+                    width_multiplier=0.125, test_clips=2, flip=False, tensorboard=False)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_schedule():
+    lr = WarmupSchedule(0.1, steps_per_epoch=10, total_epochs=30, warmup_epochs=2, schedule="step", decay_epochs=10)
+    values = [float(lr(step)) for step in (0, 10, 20, 99, 100, 200, 299)]
+    np.testing.assert_allclose(values, [0.01, 0.055, 0.1, 0.1, 0.01, 0.001, 0.001], rtol=1e-5)
+    cosine = WarmupSchedule(0.1, steps_per_epoch=10, total_epochs=10, schedule="cosine")
+    np.testing.assert_allclose([float(cosine(s)) for s in (0, 50, 100)], [0.1, 0.05, 0.0], atol=1e-6)
+    assert keras_r21d.training.scaled_learning_rate(64) == pytest.approx(0.02)
+
+
+def test_video_accuracy_equals_the_clip_average_by_hand(tiny_data, tmp_path):
+    result = train(_tiny_config(tiny_data, tmp_path / "run"))
+    report = result["report"]
+    model = keras.models.load_model(result["model_path"], safe_mode=True)
+    dataset = load_dataset(tiny_data, "test")
+    config = ClipConfig(clip_len=4, resize=(37, 49), crop=32, test_clips=2)
+    probabilities, labels, videos = predict_clips(model, dataset, config, batch_size=4)
+    assert probabilities.shape == (2 * len(dataset), 4)
+    correct = []
+    for video in np.unique(videos):
+        mean = probabilities[videos == video].mean(axis=0)
+        correct.append(mean.argmax() == labels[videos == video][0])
+    assert report["video_top1"] == pytest.approx(np.mean(correct))
+    assert report["clip_top1"] == pytest.approx(np.mean(probabilities.argmax(1) == labels))
+    assert report["videos"] == len(dataset) and report["clips"] == 2 * len(dataset)
+    run = json.load(open(tmp_path / "run" / "run.json"))
+    assert run["status"] == "done" and run["results"]["video_top1"] == report["video_top1"]
+    assert run["versions"]["keras"] == keras.__version__
+    for name in ["loss.png", "error.png", "learning_rate.png", "eval/confusion_matrix.png", "eval/report.json",
+                 "history.csv", "checkpoints/best.keras", "model.keras"]:
+        assert os.path.getsize(tmp_path / "run" / name) > 0, name
+    history = open(tmp_path / "run" / "history.csv").read().splitlines()
+    assert len(history) == 3 and "val_video_accuracy" in history[0] and "learning_rate" in history[0]
+
+
+def test_compute_metrics_small_case():
+    probabilities = np.array([[0.6, 0.4], [0.3, 0.7], [0.2, 0.8], [0.9, 0.1]])
+    labels = np.array([0, 0, 1, 1])
+    videos = np.array([0, 0, 1, 1])
+    m = compute_metrics(probabilities, labels, videos, ["a", "b"])
+    assert m["clip_top1"] == 0.5
+    # Video 0 averages to (0.45, 0.55) -> "b", video 1 to (0.55, 0.45) -> "a": both wrong.
+    assert m["video_top1"] == 0.0
+    assert m["confusion_matrix"] == [[0, 1], [1, 0]]
+    assert m["per_class_video_top1"] == {"a": 0.0, "b": 0.0}
+
+
+def test_reaches_clearly_above_chance(tmp_path_factory):
+    """A small R(2+1)D learns the motion classes: Video@1 well above chance (1 / classes)."""
+    root = tmp_path_factory.mktemp("learn") / "syn"
+    data = make_synthetic_dataset(str(root), classes=4, videos_per_class=16, frames=(24, 32), size=(64, 48), seed=1)
+    config = TrainConfig(data=data, out=str(root.parent / "run"), arch="r2plus1d", depth=10, frames=8, size=32,
+                         batch_size=8, epochs=LEARN_EPOCHS, width_multiplier=0.25, test_clips=4, lr=LEARN_LR,
+                         schedule="cosine", warmup_epochs=1, frame_stride=2, flip=False, val_freq=100,
+                         tensorboard=False)
+    report = train(config)["report"]
+    chance = 1 / 4
+    assert report["video_top1"] >= 2 * chance, report
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "keras_r21d", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+TRAIN_ARGS = ["--arch", "r2plus1d", "--depth", "10", "--frames", "4", "--size", "32", "--batch-size", "2",
+              "--width-multiplier", "0.125", "--test-clips", "2", "--no-tensorboard"]
+
+
+def test_kill_and_resume(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    state = out / "checkpoints" / "state.json"
+    process = _cli("train", "--data", tiny_data, "--out", str(out), "--epochs", "4", *TRAIN_ARGS)
+    deadline = time.monotonic() + 300
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, process.stdout.read()
+    time.sleep(1.0)  # now inside epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert 1 <= killed_at < 4
+    # Every checkpoint file on disk is complete: it loads.
+    for name in os.listdir(out / "checkpoints"):
+        if name.endswith(".keras"):
+            keras.models.load_model(out / "checkpoints" / name, safe_mode=True)
+    # Without --resume the run directory is not overwritten.
+    refused = _cli("train", "--data", tiny_data, "--out", str(out), "--epochs", "4", *TRAIN_ARGS)
+    output = refused.communicate(timeout=300)[0]
+    assert refused.returncode == 2 and "already holds a run" in output
+    resumed = _cli("train", "--data", tiny_data, "--out", str(out), "--epochs", "4", "--resume", *TRAIN_ARGS)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert f"Epoch {killed_at + 1}/4" in output and "Epoch 1/4" not in output
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done" and run["resumed_from_epoch"] == killed_at
+    assert json.loads(state.read_text())["epoch"] == 4
+    rows = (out / "history.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows][-1] == 3
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(_tiny_config(tiny_data, out, epochs=1))
+    checkpoints = out / "checkpoints"
+    latest = checkpoints / json.loads((checkpoints / "state.json").read_text())["checkpoint"]
+    data = latest.read_bytes()
+    latest.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ResumeError, match=f"{latest}.*corrupt or unreadable"):
+        load_checkpoint(str(checkpoints))
+    result = _cli("train", "--data", tiny_data, "--out", str(out), "--epochs", "2", "--resume", *TRAIN_ARGS)
+    output = result.communicate(timeout=300)[0]
+    assert result.returncode == 2
+    assert "refusing to start from scratch" in output and str(latest) in output
+    (checkpoints / "state.json").write_text("{not json")
+    with pytest.raises(ResumeError, match="state.json is corrupt"):
+        load_checkpoint(str(checkpoints))
+
+
+def _worker_env(ports, index):
+    config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+    return {**ENV, "TF_CONFIG": json.dumps(config)}
+
+
+def _start_workers(data, tmp_path, extra=None):
+    ports = [_free_port(), _free_port()]
+    processes = []
+    for index in range(2):
+        args = [sys.executable, os.path.join(HERE, "workers", "train_worker.py"), data, str(tmp_path / "run"),
+                str(tmp_path / f"result{index}.json"), "multiworker", *(extra or {}).get(index, [])]
+        processes.append(subprocess.Popen(args, env=_worker_env(ports, index), stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+    return processes
+
+
+def test_multi_worker_mirrored_two_workers(tiny_data, tmp_path):
+    processes = _start_workers(tiny_data, tmp_path)
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    results = [json.loads((tmp_path / f"result{i}.json").read_text()) for i in range(2)]
+    assert results[0]["digest"] == results[1]["digest"]  # identical weights on both workers
+    assert [r["chief"] for r in results] == [True, False]
+    assert results[0]["model_path"] == str(tmp_path / "run" / "model.keras") and results[1]["model_path"] is None
+    assert os.path.exists(tmp_path / "run" / "model.keras")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["strategy"] == "MultiWorkerMirroredStrategy"
+
+
+def test_multi_worker_failure_does_not_hang(tiny_data, tmp_path):
+    processes = _start_workers(tiny_data, tmp_path, extra={1: ["--fail-at-batch", "2"]})
+    start = time.monotonic()
+    for process in processes:
+        try:
+            process.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            pytest.fail("a worker hung after its peer failed")
+    assert all(p.returncode != 0 for p in processes)
+    assert time.monotonic() - start < 240
+
+
+def test_mirrored_strategy_over_two_logical_cpus(tiny_data, tmp_path):
+    args = [sys.executable, os.path.join(HERE, "workers", "train_worker.py"), tiny_data, str(tmp_path / "run"),
+            str(tmp_path / "result.json"), "mirrored", "--cpus", "2"]
+    process = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stdout + process.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["replicas"] == 2
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["strategy"] == "MirroredStrategy"
