@@ -100,8 +100,8 @@ def cmd_check_videos(args):
         fresh = [i for i, path in enumerate(dataset.paths) if path not in seen]
         seen.update(dataset.paths)
         if fresh:
-            results += check_videos(dataset.subset(fresh), args.frames, args.stride, args.timeout,
-                                    progress=_Progress(f"checking {subset}"))
+            progress = _Progress(f"checking {subset}")
+            results += check_videos(dataset.subset(fresh), args.frames, args.stride, args.timeout, progress=progress)
     bad = [r for r in results if not r["ok"]]
     if args.json:
         print(json.dumps({"checked": len(results), "bad": len(bad), "videos": results}, indent=2))
@@ -138,8 +138,9 @@ def cmd_train(args):
         decay_epochs=args.decay_epochs, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
         momentum=args.momentum, nesterov=not args.no_nesterov, width_multiplier=args.width_multiplier,
         dropout=args.dropout, val_data=args.val_data, val_freq=args.val_freq, test_clips=args.test_clips,
-        frame_stride=args.frame_stride, flip=not args.no_flip, strategy=args.strategy, mixed_precision=args.mixed_precision,
-        jit_compile=args.xla, seed=args.seed, max_train_videos=args.max_train_videos,
+        frame_stride=args.frame_stride, flip=not args.no_flip, strategy=args.strategy,
+        mixed_precision=args.mixed_precision, jit_compile=args.xla, seed=args.seed,
+        max_train_videos=args.max_train_videos,
         tensorboard=not args.no_tensorboard,
     )
     result = train(config, resume=args.resume)

@@ -50,7 +50,11 @@ def _object(rng, size):
     tex = _texture(rng, size, size, (int(rng.integers(3, 6)), int(rng.integers(3, 6))))
     mask = np.zeros((size, size), np.uint8)
     axes = (int(size * rng.uniform(0.3, 0.48)), int(size * rng.uniform(0.22, 0.4)))
-    cv2.ellipse(mask, (size // 2, size // 2), axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+    tilt = float(rng.uniform(0, 180))
+    cv2.ellipse(mask, (size // 2, size // 2), axes, tilt, 0, 360, 255, -1)
+    outline = np.zeros_like(mask)
+    cv2.ellipse(outline, (size // 2, size // 2), axes, tilt, 0, 360, 255, max(1, size // 16))
+    tex[outline > 0] = 0
     # A bright notch off-center makes rotation visible whatever the texture.
     cv2.circle(tex, (size // 2 + axes[0] // 2, size // 2), max(2, size // 10), (255, 255, 255), -1)
     return tex, mask
@@ -63,8 +67,11 @@ def render_video(kind, direction, rng, frames, height, width):
     comes back on the other), so the speed can be high whatever the length
     and every position is equally likely in every class.
     """
-    background = _texture(rng, height, width, (int(rng.integers(3, 7)), int(rng.integers(4, 9))))
-    size = int(min(height, width) * rng.uniform(0.35, 0.5))
+    # A low-contrast background and a high-contrast, outlined object: the
+    # motion is plain to see, while both still change from video to video.
+    texture = _texture(rng, height, width, (int(rng.integers(3, 7)), int(rng.integers(4, 9)))).astype(np.float32)
+    background = rng.uniform(60, 190, 3) + 0.25 * (texture - 128)
+    size = int(min(height, width) * rng.uniform(0.5, 0.7))
     tex, mask = _object(rng, size)
     steps = frames - 1
     speed = rng.uniform(0.02, 0.035) * min(height, width)  # pixels per frame
@@ -83,7 +90,7 @@ def render_video(kind, direction, rng, frames, height, width):
         cy = (cy0 + axis[1] * speed * steps * s) % height
         angle = angle0 + (spin * s if kind == "rotate" else 0.0)
         scale = scale_lo * zoom**s if kind == "zoom" else 1.0
-        frame = background.astype(np.float32)
+        frame = background.copy()
         # Draw the object at its position and at its wrapped copies across the edges.
         for dx in (-width, 0, width):
             for dy in (-height, 0, height):
@@ -94,7 +101,7 @@ def render_video(kind, direction, rng, frames, height, width):
                     obj = cv2.warpAffine(tex, matrix, (width, height), flags=cv2.INTER_LINEAR)
                     alpha = cv2.warpAffine(mask, matrix, (width, height), flags=cv2.INTER_LINEAR)[..., None] / 255.0
                     frame = frame * (1 - alpha) + obj * alpha
-        out[t] = frame.astype(np.uint8)
+        out[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return out
 
 

@@ -112,6 +112,27 @@ def _build(config, num_classes, steps_per_epoch, global_batch):
     return model
 
 
+def _prebuild_for_multi_worker(model, strategy, dataset):
+    """Works around keras-team/keras#20585 (Keras 3 `fit` under `MultiWorkerMirroredStrategy`).
+
+    `fit` first reduces a real distributed batch in eager mode to build the
+    compiled metrics symbolically, and that reduction fails for multi-worker
+    `PerReplica` values. Building from the dataset's element spec instead, then
+    skipping that step, leaves training itself unchanged. Private Keras
+    methods are used here and only here; remove this once the upstream issue
+    is fixed.
+    """
+    clips, labels = dataset.element_spec
+    with strategy.scope():
+        model._symbolic_build(data_batch=(clips, labels))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    # Keras reduces each worker's logs with `strategy.reduce("MEAN", v, axis=0)`,
+    # which needs rank >= 1: return the (public, overridable) steps' logs as (1,) tensors.
+    for name in ("train_step", "test_step"):
+        step = getattr(model, name)
+        setattr(model, name, lambda data, step=step: {k: tf.reshape(v, (1,)) for k, v in step(data).items()})
+
+
 def train(config=None, callbacks=None, **kwargs):
     """Trains a network of the family on a video dataset, evaluates it, writes a run directory.
 
@@ -181,6 +202,8 @@ def train(config=None, callbacks=None, **kwargs):
         if config.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False))
 
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _prebuild_for_multi_worker(model, strategy, train_ds)
     started = time.time()
     history = {}
     if initial_epoch < config.epochs:

@@ -41,8 +41,10 @@ def main():
                          collective_timeout=30.0)
     result = train(config, callbacks=[FailAt()] if args.fail_at_batch else None)
     digest = hashlib.sha256()
-    for weight in result["model"].get_weights():
-        digest.update(weight.tobytes())
+    # Trainable weights are all-reduced; BatchNorm moving statistics are each
+    # worker's own (as in PyTorch DDP without SyncBatchNorm).
+    for weight in result["model"].trainable_weights:
+        digest.update(keras.ops.convert_to_numpy(weight).tobytes())
     with open(args.result, "w") as f:
         json.dump({"digest": digest.hexdigest(), "chief": is_chief(), "model_path": result["model_path"],
                    "replicas": result["model"].distribute_strategy.num_replicas_in_sync}, f)
