@@ -145,10 +145,7 @@ def cmd_train(args):
     )
     result = train(config, resume=args.resume)
     if result["report"] is not None:
-        r = result["report"]
-        print(f"Clip@1 {100 * r['clip_top1']:.1f}  Clip@5 {100 * r['clip_top5']:.1f}  "
-              f"Video@1 {100 * r['video_top1']:.1f}  Video@5 {100 * r['video_top5']:.1f}  "
-              f"({r['videos']} videos, {r['clips']} clips)")
+        _print_report(result["report"])
         print(f"model: {result['model_path']}\nrun: {result['run_dir']}")
     return 0
 

@@ -9,7 +9,7 @@ in one run:
 - the training pipeline (`train_dataset`: jitter, resize 128x171, random crop
   112, flip, normalize) on 1 core and on all cores.
 
-    python tools/bench_data.py [--videos 24] [--clips 200]
+    python tools/bench_data.py [--videos 24] [--clips 200] [--codec h264|mp4v]
 """
 
 import argparse
@@ -40,15 +40,16 @@ def write_h264(path, frames):
     )
 
 
-def make_videos(folder, count):
-    codec = "H.264 (libx264, keyframe every 100 frames)" if shutil.which("ffmpeg") else "MPEG-4 part 2 (mp4v)"
+def make_videos(folder, count, codec_name="h264"):
+    h264 = codec_name == "h264" and shutil.which("ffmpeg") is not None
+    codec = "H.264 (libx264, keyframe every 100 frames)" if h264 else "MPEG-4 part 2 (mp4v, OpenCV's writer)"
     paths = []
     for i in range(count):
         frames = render_video("horizontal", 1, np.random.default_rng(i), 300, 240, 320)
         # Add texture noise so the encoder has real work.
         frames = np.clip(frames + np.random.default_rng(i).integers(-12, 12, frames.shape), 0, 255).astype(np.uint8)
-        path = os.path.join(folder, f"v{i}.mp4" if shutil.which("ffmpeg") else f"v{i}.avi")
-        write_h264(path, frames) if shutil.which("ffmpeg") else write_video(path, frames)
+        path = os.path.join(folder, f"v{i}.mp4" if h264 else f"v{i}.avi")
+        write_h264(path, frames) if h264 else write_video(path, frames)
         paths.append(path)
     return paths, codec
 
@@ -120,9 +121,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--clips", type=int, default=200)
+    parser.add_argument("--codec", choices=["h264", "mp4v"], default="h264")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        paths, codec = make_videos(folder, args.videos)
+        paths, codec = make_videos(folder, args.videos, args.codec)
         seq = sequential_fps(paths[:4])
         clips1 = random_clips_per_s(paths, args.clips)
         pyav = pyav_clips_per_s(paths, args.clips)

@@ -140,6 +140,15 @@ def _decode(path, config, log, starts_for):
     return frames, True
 
 
+def _prepare(dataset, config, bad_videos):
+    """Defaults and checks shared by both pipelines: `(config, log, paths, labels)`."""
+    config = config or ClipConfig()
+    log = bad_videos if bad_videos is not None else BadVideoLog(config.max_consecutive_failures)
+    if not dataset.paths:
+        raise ValueError(f"dataset {dataset.name!r} has no videos")
+    return config, log, list(dataset.paths), np.asarray(dataset.labels, np.int32)
+
+
 def _options(deterministic):
     options = tf.data.Options()
     # Elements come from a list of indices, not files: shard by data.
@@ -178,12 +187,7 @@ def train_dataset(dataset, batch_size, config=None, shuffle=True, seed=None, det
         repeat: repeat forever.
         drop_remainder: drop the last incomplete batch.
     """
-    config = config or ClipConfig()
-    log = bad_videos if bad_videos is not None else BadVideoLog(config.max_consecutive_failures)
-    paths = list(dataset.paths)
-    labels = np.asarray(dataset.labels, np.int32)
-    if not paths:
-        raise ValueError(f"dataset {dataset.name!r} has no videos")
+    config, log, paths, labels = _prepare(dataset, config, bad_videos)
 
     def decode_py(index, element_seed):
         rng = np.random.default_rng(int(element_seed.numpy()) & 0x7FFFFFFFFFFFFFFF)
@@ -225,12 +229,7 @@ def eval_dataset(dataset, batch_size, config=None, with_video_id=True, determini
     or `(clips, labels)` with `with_video_id=False` (for `model.fit`'s
     validation data, which would read a third entry as sample weights).
     """
-    config = config or ClipConfig()
-    log = bad_videos if bad_videos is not None else BadVideoLog(config.max_consecutive_failures)
-    paths = list(dataset.paths)
-    labels = np.asarray(dataset.labels, np.int32)
-    if not paths:
-        raise ValueError(f"dataset {dataset.name!r} has no videos")
+    config, log, paths, labels = _prepare(dataset, config, bad_videos)
 
     def decode_py(index):
         def starts_for(num_frames, stride):

@@ -54,16 +54,18 @@ class _Capture:
         return False
 
 
-def _to_rgb(frame, size):
+def _to_rgb_into(frame, out):
+    """Converts a decoded BGR, BGRA or grayscale frame to RGB in `out` (resizing if its size differs)."""
     if frame.ndim == 2:
-        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+        code = cv2.COLOR_GRAY2RGB
     elif frame.shape[2] == 4:
-        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+        code = cv2.COLOR_BGRA2RGB
     else:
-        frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-    if size is not None and (frame.shape[0], frame.shape[1]) != tuple(size):
-        frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return frame
+        code = cv2.COLOR_BGR2RGB
+    if frame.shape[:2] == out.shape[:2]:
+        cv2.cvtColor(frame, code, dst=out)
+    else:
+        cv2.resize(cv2.cvtColor(frame, code), (out.shape[1], out.shape[0]), dst=out, interpolation=cv2.INTER_AREA)
 
 
 def _count_by_grabbing(cap, limit=1_000_000):
@@ -93,13 +95,19 @@ def probe(path):
         }
 
 
-def _read_from(cap, indices, size, deadline, path):
-    """Reads `indices` (>= 0) from an open capture; `None` if the file ends first."""
-    wanted = np.unique(indices)
-    decoded = {}
-    position = None
-    for index in wanted:
-        index = int(index)
+def _read_into(cap, indices, size, deadline, path):
+    """Decodes `indices` (`-1`: a black frame) from an open capture into one array.
+
+    Frames are decoded in increasing order, each once, straight into the
+    output (no per-frame copies); a frame whose size differs from the first
+    one's is resized to it. Returns `None` if the file ends first.
+    """
+    slots = {}
+    for position, index in enumerate(indices):
+        if index >= 0:
+            slots.setdefault(int(index), []).append(position)
+    out, buffer, position = None, None, None
+    for index in sorted(slots):
         if position is None or index < position or index - position > _GRAB_GAP:
             cap.set(cv2.CAP_PROP_POS_FRAMES, index)
             position = index
@@ -107,14 +115,20 @@ def _read_from(cap, indices, size, deadline, path):
             if not cap.grab():
                 return None
             position += 1
-        ok, frame = cap.read()
-        if not ok or frame is None:
+        ok, buffer = cap.read(buffer)
+        if not ok or buffer is None:
             return None
-        decoded[index] = _to_rgb(frame, size)
+        if out is None:
+            height, width = size or buffer.shape[:2]
+            out = np.zeros((len(indices), height, width, 3), np.uint8)
+        first, *repeats = slots[index]
+        _to_rgb_into(buffer, out[first])
+        for k in repeats:
+            out[k] = out[first]
         position = index + 1
         if deadline is not None and time.monotonic() > deadline:
             raise VideoDecodeError(path, "decoding timed out")
-    return decoded
+    return out
 
 
 def decode_clip(path, choose_indices, size=None, deadline=None):
@@ -146,23 +160,15 @@ def decode_clip(path, choose_indices, size=None, deadline=None):
             if num_frames <= 0:
                 raise VideoDecodeError(path, "no decodable frames")
             indices = np.asarray(choose_indices(num_frames, fps), dtype=np.int64)
-            decoded = _read_from(cap, indices[indices >= 0], size, deadline, path)
-            if decoded is not None:
+            if not (indices >= 0).any():
+                raise VideoDecodeError(path, "no frame index was requested")
+            frames = _read_into(cap, indices, size, deadline, path)
+            if frames is not None:
                 break
             # The header overstated the length: count the frames that really decode.
             num_frames = _count_by_grabbing(cap)
         else:
             raise VideoDecodeError(path, "the frame count keeps changing while decoding")
-    if not decoded:
-        raise VideoDecodeError(path, "no frame was decoded")
-    shapes = {f.shape for f in decoded.values()}
-    first = decoded[min(decoded)]
-    if len(shapes) != 1:
-        # The frame size changes inside the file: bring every frame to the first one's.
-        h, w = first.shape[:2]
-        decoded = {k: cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for k, f in decoded.items()}
-    black = np.zeros_like(first)
-    frames = np.stack([decoded[int(i)] if i >= 0 else black for i in indices])
     return frames, indices, num_frames
 
 

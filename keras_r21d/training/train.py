@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 
@@ -60,6 +61,7 @@ class TrainConfig:
     val_freq: int = 1
     test_clips: int = 10
     frame_stride: int = 1
+    resize_to: tuple = None
     flip: bool = True
     strategy: str = "auto"
     collective_timeout: float = 300.0
@@ -78,7 +80,9 @@ class TrainConfig:
 
     @property
     def resize(self):
-        """The pre-crop frame size: the paper's 128x171 for 112 crops, scaled for other sizes."""
+        """The pre-crop frame size: `resize_to`, else the paper's 128x171 for 112 crops, scaled to `size`."""
+        if self.resize_to:
+            return tuple(self.resize_to)
         return (round(self.size * 128 / 112), round(self.size * 171 / 112))
 
     def clip_config(self, test_clips=None):
@@ -210,7 +214,7 @@ def train(config=None, callbacks=None, **kwargs):
         history = model.fit(
             train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
             steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
-            verbose=2 if os.environ.get("CI") else "auto",
+            verbose="auto" if sys.stdout.isatty() and not os.environ.get("CI") else 2,
         ).history
     train_seconds = time.time() - started
 
