@@ -162,3 +162,7 @@ def test_spec_parsing():
         load_dataset("ucf101:/nowhere:split=4")
     with pytest.raises(ValueError, match="Unknown option"):
         load_dataset("ucf101:/nowhere:fold=1")
+    with pytest.raises(DatasetFormatError, match="/nowhere/classInd.txt: file not found"):
+        load_dataset("ucf101:/nowhere")
+    with pytest.raises(DatasetFormatError, match="/nowhere: not a directory"):
+        load_dataset("folder:/nowhere")

@@ -124,7 +124,6 @@ def test_cache_on_disk(small_set, tmp_path):
 
 
 def test_works_under_a_distribution_strategy(small_set):
-    tf.config.set_logical_device_configuration  # noqa: B018 - available
     strategy = tf.distribute.get_strategy()
     dist = strategy.experimental_distribute_dataset(train_dataset(small_set, 2, CONFIG, seed=0))
     assert sum(1 for _ in dist) == 3

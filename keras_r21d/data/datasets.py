@@ -102,7 +102,7 @@ def load_ucf101(root, subset="train", split=1, missing="error", allow_outside=Fa
     The list files are looked for in `ROOT/ucfTrainTestlist/` and `ROOT/`;
     videos under `ROOT/UCF-101/` or `ROOT/`.
     """
-    lists = _first_existing([os.path.join(root, "ucfTrainTestlist"), root])
+    lists = _first_existing([os.path.join(root, "ucfTrainTestlist")]) or root
     class_file = os.path.join(lists, "classInd.txt")
     class_names, class_index = [], {}
     for number, raw in enumerate(_read_lines(class_file), 1):
@@ -118,7 +118,7 @@ def load_ucf101(root, subset="train", split=1, missing="error", allow_outside=Fa
     if not class_names:
         raise DatasetFormatError(class_file, None, "no classes")
     list_file = os.path.join(lists, f"{'trainlist' if subset == 'train' else 'testlist'}{split:02d}.txt")
-    videos = _first_existing([os.path.join(root, "UCF-101"), root])
+    videos = _first_existing([os.path.join(root, "UCF-101")]) or root
     paths, labels, skipped = [], [], []
     for number, raw in enumerate(_read_lines(list_file), 1):
         if not raw.strip():

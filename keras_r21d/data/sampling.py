@@ -5,7 +5,6 @@ runs exactly this code in its graph; the input pipeline calls the same
 functions eagerly. Index `-1` stands for a padding (black) frame.
 """
 
-import numpy as np
 import tensorflow as tf
 
 SHORT_VIDEO_POLICIES = ("loop", "repeat_last", "pad", "skip")
@@ -72,6 +71,3 @@ def random_clip_start(num_frames, clip_len, stride, rng):
 def too_short(num_frames, clip_len, stride):
     return num_frames < clip_span(clip_len, stride)
 
-
-def as_numpy(tensor):
-    return np.asarray(tensor)

@@ -78,15 +78,17 @@ def _resolve_input(input_shape, input_tensor, stem_type):
     return keras.Input(tensor=input_tensor, shape=input_shape, name="clip"), input_tensor
 
 
-def _stem(x, stem_type, frames, width, bn):
+def _stem(x, stem_type, frames, width_multiplier, epsilon, implementation):
+    """conv1: the stem of Table 1 in the variant's type, then BatchNorm and ReLU."""
+
     def conv(filters, kernel, strides, name, padding=None):
         return VideoConv(filters, kernel, strides=strides, padding=padding, implementation=implementation,
                          name=name)
 
-    implementation = bn["implementation"]
-    norm = dict(epsilon=bn["epsilon"], momentum=BN_MOMENTUM)
+    width = _scaled(STEM_WIDTH, width_multiplier)
+    norm = dict(epsilon=epsilon, momentum=BN_MOMENTUM)
     if stem_type == "2plus1d":
-        mid = _scaled(STEM_2PLUS1D_MIDPLANES, bn["width_multiplier"])
+        mid = _scaled(STEM_2PLUS1D_MIDPLANES, width_multiplier)
         x = conv(mid, (1, 7, 7), (1, 2, 2), "conv1_spatial")(x)
         x = keras.layers.BatchNormalization(name="conv1_spatial_bn", **norm)(x)
         x = keras.layers.ReLU(name="conv1_spatial_relu")(x)
@@ -173,13 +175,7 @@ def VideoResNet(
     block_type, blocks_per_group = DEPTHS[depth]
     block_cls = BasicBlock if block_type == "basic" else BottleneckBlock
     epsilon = BN_EPSILON[midplanes]
-    x = _stem(
-        inputs,
-        stem_type,
-        inputs.shape[1],
-        _scaled(STEM_WIDTH, width_multiplier),
-        dict(epsilon=epsilon, implementation=implementation, width_multiplier=width_multiplier),
-    )
+    x = _stem(inputs, stem_type, inputs.shape[1], width_multiplier, epsilon, implementation)
     for group, (conv_type, blocks, width) in enumerate(zip(stage_conv_types, blocks_per_group, GROUP_WIDTHS)):
         for index in range(blocks):
             x = block_cls(
