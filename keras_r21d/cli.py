@@ -130,7 +130,7 @@ def cmd_make_synthetic(args):
 
 
 def cmd_train(args):
-    from keras_r21d.training import TrainConfig, train
+    from keras_r21d.training import TrainConfig, run_or_exit, train
 
     config = TrainConfig(
         data=args.data, out=args.out, arch=args.arch, depth=args.depth, frames=args.frames, size=args.size,
@@ -143,7 +143,7 @@ def cmd_train(args):
         max_train_videos=args.max_train_videos,
         tensorboard=not args.no_tensorboard,
     )
-    result = train(config, resume=args.resume)
+    result = run_or_exit(train, config, resume=args.resume)
     if result["report"] is not None:
         _print_report(result["report"])
         print(f"model: {result['model_path']}\nrun: {result['run_dir']}")

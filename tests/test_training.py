@@ -79,6 +79,20 @@ def test_compute_metrics_small_case():
     assert m["per_class_video_top1"] == {"a": 0.0, "b": 0.0}
 
 
+def test_reaches_clearly_above_chance(tmp_path_factory):
+    """A small R(2+1)D learns motion-only classes (two time-reversed pairs) from real videos."""
+    root = tmp_path_factory.mktemp("learn") / "syn"
+    data = make_synthetic_dataset(str(root), classes=4, videos_per_class=64, seed=0)
+    config = TrainConfig(data=data, out=str(root.parent / "run"), arch="r2plus1d", depth=10, frames=8, size=48,
+                         resize_to=(48, 64), batch_size=16, epochs=15, width_multiplier=0.25, lr=0.01,
+                         schedule="constant", weight_decay=0.0, nesterov=False, frame_stride=2, flip=False,
+                         test_clips=5, val_freq=100, tensorboard=False)
+    report = train(config)["report"]
+    chance = 1 / 4
+    assert report["videos"] == 64
+    assert report["video_top1"] >= 1.6 * chance, report
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,10 +121,11 @@ def test_kill_and_resume(tiny_data, tmp_path):
     process.wait(30)
     killed_at = json.loads(state.read_text())["epoch"]
     assert 1 <= killed_at < 4
-    # Every checkpoint file on disk is complete: it loads.
-    for name in os.listdir(out / "checkpoints"):
-        if name.endswith(".keras"):
-            keras.models.load_model(out / "checkpoints" / name, safe_mode=True)
+    # Every checkpoint on disk is complete: it loads (a ".tmp-" file is a save the kill interrupted).
+    checkpoints = [n for n in os.listdir(out / "checkpoints") if n.endswith(".keras") and not n.startswith(".tmp-")]
+    assert f"epoch-{killed_at:03d}.keras" in checkpoints and "best.keras" in checkpoints
+    for name in checkpoints:
+        keras.models.load_model(out / "checkpoints" / name, safe_mode=True)
     # Without --resume the run directory is not overwritten.
     refused = _cli("train", "--data", tiny_data, "--out", str(out), "--epochs", "4", *TRAIN_ARGS)
     output = refused.communicate(timeout=300)[0]
@@ -122,6 +137,7 @@ def test_kill_and_resume(tiny_data, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "done" and run["resumed_from_epoch"] == killed_at
     assert json.loads(state.read_text())["epoch"] == 4
+    assert not [n for n in os.listdir(out / "checkpoints") if n.startswith(".tmp-")]
     rows = (out / "history.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows][-1] == 3
 

@@ -2,13 +2,14 @@
 
 import glob
 import json
+import math
 import os
 import shutil
 
 import keras
 
 from keras_r21d.training.evaluation import compute_metrics, predict_clips
-from keras_r21d.training.io import atomic_save_model, atomic_write_text
+from keras_r21d.training.io import TMP_PREFIX, atomic_save_model, atomic_write_text
 
 STATE_FILE = "state.json"
 
@@ -40,14 +41,18 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.mode = mode
         self.best = None
         os.makedirs(checkpoint_dir, exist_ok=True)
+        # Temporary files of a run killed while saving are never checkpoints: remove them.
+        for stale in glob.glob(os.path.join(glob.escape(checkpoint_dir), TMP_PREFIX + "*")):
+            os.remove(stale)
         state_path = os.path.join(checkpoint_dir, STATE_FILE)
         if os.path.exists(state_path):
             self.best = read_state(checkpoint_dir).get("best")
 
     def _value(self, logs):
         for key, mode in [(self.monitor, self.mode), ("val_loss", "min"), ("loss", "min")]:
-            if logs.get(key) is not None:
-                return key, mode, float(logs[key])
+            value = logs.get(key)
+            if value is not None and not math.isnan(float(value)):
+                return key, mode, float(value)
         return None, None, None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -61,7 +66,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         )
         if improved:
             self.best = value
-            tmp = os.path.join(self.checkpoint_dir, f"best.keras.tmp-{os.getpid()}")
+            tmp = os.path.join(self.checkpoint_dir, f"{TMP_PREFIX}best-{os.getpid()}.keras")
             shutil.copyfile(path, tmp)
             os.replace(tmp, os.path.join(self.checkpoint_dir, "best.keras"))
         state = {"epoch": epoch + 1, "checkpoint": name, "monitor": key, "best": self.best}
@@ -112,7 +117,8 @@ class VideoAccuracy(keras.callbacks.Callback):
 
     Runs every `freq` epochs and at the last one, on `config.test_clips`
     uniformly spaced clips per validation video, averaging the softmax per
-    video as the paper does.
+    video as the paper does. Other epochs log NaN, so that the CSV log has the
+    columns from the first epoch on.
     """
 
     def __init__(self, dataset, config, batch_size, freq=1):
@@ -127,6 +133,7 @@ class VideoAccuracy(keras.callbacks.Callback):
             return
         last = self.params and epoch + 1 == self.params.get("epochs")
         if (epoch + 1) % self.freq and not last:
+            logs["val_video_accuracy"] = logs["val_video_clip_accuracy"] = float("nan")
             return
         probabilities, labels, videos = predict_clips(self.model, self.dataset, self.config, self.batch_size)
         metrics = compute_metrics(probabilities, labels, videos, self.dataset.class_names)

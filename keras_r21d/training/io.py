@@ -17,9 +17,13 @@ def atomic_write_text(path, text):
     os.replace(tmp, path)
 
 
+TMP_PREFIX = ".tmp-"
+
+
 def atomic_save_model(model, path):
-    """`model.save(path)` through a temporary file and a rename."""
-    tmp = _tmp(path) + ".keras"
+    """`model.save(path)` through a temporary file (`.tmp-NAME-PID.keras`) and a rename."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f"{TMP_PREFIX}{name[:-len('.keras')]}-{os.getpid()}.keras")
     try:
         model.save(tmp)
         with open(tmp, "rb") as f:

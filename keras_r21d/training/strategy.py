@@ -64,3 +64,26 @@ def is_chief(strategy=None):
     if "chief" in cluster:
         return task_type == "chief"
     return task_type == "worker" and index == 0
+
+
+def run_or_exit(function, *args, **kwargs):
+    """Calls `function`; in a multi-worker cluster, a failure ends the process at once.
+
+    A TensorFlow process whose multi-worker training failed can hang at
+    interpreter exit (collective and coordination threads still waiting), so
+    after printing the error this exits with `os._exit(1)`; its peers then see
+    it gone and fail within `collective_timeout`. Outside a cluster the
+    exception propagates as usual.
+    """
+    try:
+        return function(*args, **kwargs)
+    except BaseException:
+        if cluster_from_env()[0] is None:
+            raise
+        import sys
+        import traceback
+
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

@@ -29,7 +29,7 @@ def main():
 
     import keras
 
-    from keras_r21d.training import TrainConfig, is_chief, train
+    from keras_r21d.training import TrainConfig, is_chief, run_or_exit, train
 
     class FailAt(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -39,7 +39,7 @@ def main():
     config = TrainConfig(data=args.data, out=args.out, arch="r2plus1d", depth=10, frames=4, size=32, batch_size=4,
                          epochs=2, width_multiplier=0.125, test_clips=2, strategy=args.strategy, tensorboard=False,
                          collective_timeout=30.0)
-    result = train(config, callbacks=[FailAt()] if args.fail_at_batch else None)
+    result = run_or_exit(train, config, callbacks=[FailAt()] if args.fail_at_batch else None)
     digest = hashlib.sha256()
     # Trainable weights are all-reduced; BatchNorm moving statistics are each
     # worker's own (as in PyTorch DDP without SyncBatchNorm).
