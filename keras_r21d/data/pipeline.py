@@ -99,7 +99,7 @@ class BadVideoLog:
             if self.consecutive >= self.max_consecutive:
                 recent = "; ".join(f"{p}: {r}" for p, r in list(self.failures.items())[-3:])
                 raise TooManyBadVideos(
-                    f"{self.consecutive} videos in a row could not be decoded (max_consecutive_failures="
+                    f"at least {self.max_consecutive} videos in a row could not be decoded (max_consecutive_failures="
                     f"{self.max_consecutive}); last: {recent}"
                 )
 
