@@ -14,6 +14,11 @@ RESIZE = (128, 171)
 CROP = 112
 
 
+def resize_for_crop(crop=CROP):
+    """The pre-crop frame size for a crop: the paper's 128x171 for 112, scaled for other crops."""
+    return (round(crop * RESIZE[0] / CROP), round(crop * RESIZE[1] / CROP))
+
+
 def resize_frames(frames, size=RESIZE):
     """Resizes `(..., H, W, 3)` frames to `size` = `(height, width)`, or short side `size` if an int.
 

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset
+from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.training.io import atomic_write_text
 
 
@@ -161,6 +162,5 @@ def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_di
     trained = (record or {}).get("config", {})
     frames = frames or shape[0] or trained.get("frames") or 16
     size = size or shape[1] or trained.get("size") or 112
-    resize = (round(size * 128 / 112), round(size * 171 / 112))
-    config = ClipConfig(clip_len=frames, resize=resize, crop=size, test_clips=clips)
+    config = ClipConfig(clip_len=frames, resize=resize_for_crop(size), crop=size, test_clips=clips)
     return evaluate_model(model, dataset, config, batch_size, out_dir)

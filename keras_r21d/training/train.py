@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from keras_r21d.data.datasets import load_dataset
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, train_dataset
+from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.models.registry import get_model
 from keras_r21d.models.specs import VARIANTS
 from keras_r21d.training.callbacks import (
@@ -83,7 +84,7 @@ class TrainConfig:
         """The pre-crop frame size: `resize_to`, else the paper's 128x171 for 112 crops, scaled to `size`."""
         if self.resize_to:
             return tuple(self.resize_to)
-        return (round(self.size * 128 / 112), round(self.size * 171 / 112))
+        return resize_for_crop(self.size)
 
     def clip_config(self, test_clips=None):
         return ClipConfig(clip_len=self.frames, frame_stride=self.frame_stride, resize=self.resize, crop=self.size,
