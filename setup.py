@@ -22,6 +22,7 @@ setup(
         "opencv-python-headless>=4.8",
         "matplotlib",
         "tensorboard",
+        "ai-edge-litert>=2.1",
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],

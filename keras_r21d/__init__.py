@@ -41,7 +41,22 @@ def evaluate(*args, **kwargs):
 
     return _evaluate(*args, **kwargs)
 
+def export_saved_model(*args, **kwargs):
+    """SavedModel for TF Serving with raw-video and feature signatures: see `keras_r21d.export.export_saved_model`."""
+    from keras_r21d.export import export_saved_model as _export
+
+    return _export(*args, **kwargs)
+
+
+def export_tflite(*args, **kwargs):
+    """TFLite export without `CONV_3D` by default: see `keras_r21d.export.export_tflite`."""
+    from keras_r21d.export import export_tflite as _export
+
+    return _export(*args, **kwargs)
+
+
 __all__ = [
     "FR2D", "MC2", "MC3", "MC4", "MC5", "R2D", "R3D", "RMC2", "RMC3", "RMC4", "RMC5", "R2Plus1D",
-    "VideoResNet", "evaluate", "get_model", "layers", "list_models", "model_stats", "train", "__version__",
+    "VideoResNet", "evaluate", "export_saved_model", "export_tflite", "get_model",
+    "layers", "list_models", "model_stats", "train", "__version__",
 ]

@@ -174,6 +174,118 @@ def cmd_evaluate(args):
     return 0
 
 
+def _calibration_clips(spec, config, count):
+    """Normalized test clips of the first videos of a dataset spec, for int8 calibration."""
+    from keras_r21d.data import transforms
+    from keras_r21d.data.datasets import load_dataset
+    from keras_r21d.data.pipeline import read_test_clips
+    from keras_r21d.data.video import VideoDecodeError
+
+    dataset = load_dataset(spec, "train")
+    clips = []
+    for path in dataset.paths:
+        try:
+            raw = read_test_clips(path, config)
+        except VideoDecodeError as error:
+            print(f"calibration: skipped {path}: {error.reason}", file=sys.stderr)
+            continue
+        clips.extend(transforms.eval_transform(raw, config.resize, config.crop, config.mean, config.std).numpy())
+        if len(clips) >= count:
+            break
+    if not clips:
+        raise ValueError(f"no calibration clip could be decoded from {spec}")
+    import numpy as np
+
+    return np.stack(clips[:count])
+
+
+def cmd_export(args):
+    from keras_r21d.export import export_saved_model, export_tflite
+    from keras_r21d.training.evaluation import load_model, run_record, test_clip_config
+
+    model = load_model(args.model)
+    record = run_record(args.model) or {}
+    config = test_clip_config(model, record, args.clips, args.frames, args.size)
+    class_names = record.get("class_names")
+    if args.format == "savedmodel":
+        if args.quantization or args.calibration_data:
+            raise ValueError("--quantization and --calibration-data apply to --format tflite only")
+        report = export_saved_model(model, args.out, version=args.version, class_names=class_names,
+                                    clip_config=config, top_k=args.top_k, model_name=args.model_name,
+                                    overwrite=args.overwrite)
+    else:
+        if args.version is not None:
+            raise ValueError("--version applies to --format savedmodel only")
+        if not args.out.endswith(".tflite"):
+            raise ValueError(f"--out must name a .tflite file for --format tflite. Received: {args.out}")
+        data = (_calibration_clips(args.calibration_data, config, args.calibration_clips)
+                if args.calibration_data else None)
+        if args.quantization == "int8" and data is None:
+            raise ValueError("--quantization int8 needs --calibration-data SPEC (videos to calibrate on)")
+        report = export_tflite(model, args.out, quantization=args.quantization, representative_data=data,
+                               implementation=args.implementation, clip_config=config, class_names=class_names)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"exported {args.model} -> {report['path']}")
+    if "ops" in report:
+        print(f"  {report['quantization']}, input {report['input_shape']}, {report['size_bytes'] / 1e6:.1f} MB, "
+              f"max |TFLite - Keras| {report['max_abs_diff']:.2e}, top-1 agreement "
+              f"{100 * report['top1_agreement']:.1f}% on {report['checked_clips']} clips")
+        print("  ops: " + ", ".join(f"{name} x{count}" for name, count in report["ops"].items()))
+        for note in report["notes"]:
+            print(f"  note: {note}")
+    else:
+        print(f"  version {report['version']}, signatures {', '.join(report['signatures'])}, "
+              f"max |SavedModel - Keras| {report['max_abs_diff']:.2e}")
+    return 0
+
+
+def cmd_predict(args):
+    from keras_r21d.data.video import VideoDecodeError
+    from keras_r21d.inference import load_predictor
+
+    predictor = load_predictor(args.model, clips=args.clips)
+    results, failed = [], 0
+    for video in args.videos:
+        try:
+            result = predictor.classify(video, top=args.top)
+        except VideoDecodeError as error:
+            failed += 1
+            result = {"video": video, "error": error.reason}
+            print(f"keras-r21d predict: skipped {video}: {error.reason}", file=sys.stderr)
+        result.pop("probabilities", None)
+        results.append(result)
+        if not args.json and "top" in result:
+            print(video)
+            for entry in result["top"]:
+                print(f"  {entry['score']:.4f}  {entry['class']}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_extract(args):
+    from keras_r21d.data.datasets import load_dataset
+    from keras_r21d.inference import extract_features, load_predictor
+
+    predictor = load_predictor(args.model, clips=args.clips)
+    subsets = ["train", "test"] if args.subset == "all" else [args.subset]
+    paths, seen = [], set()
+    for subset in subsets:
+        dataset = load_dataset(args.data, subset)
+        for path in dataset.paths:
+            if path not in seen:
+                seen.add(path)
+                paths.append(path)
+    dataset = dataset.__class__(dataset.name, paths, [0] * len(paths), dataset.class_names)
+    written, skipped = extract_features(predictor, dataset, args.out, progress=_Progress("extract"))
+    for path, reason in skipped.items():
+        print(f"keras-r21d extract: skipped {path}: {reason}", file=sys.stderr)
+    print(f"{len(written)} feature files in {args.out}, {len(skipped)} videos skipped")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-r21d",
@@ -254,6 +366,41 @@ def build_parser():
     p.add_argument("--out", help="write report.json and confusion_matrix.png here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a .keras model as a TF Serving SavedModel or a .tflite file")
+    p.add_argument("--model", required=True, help="a .keras file (loaded with safe_mode)")
+    p.add_argument("--format", choices=["savedmodel", "tflite"], default="savedmodel")
+    p.add_argument("--out", required=True, help="savedmodel: base directory (writes OUT/VERSION/); tflite: file")
+    p.add_argument("--version", type=int, default=None, help="savedmodel version (default: next free number)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument("--model-name", default="model", help="TF Serving --model_name for the warm-up requests")
+    p.add_argument("--clips", type=int, default=10, help="classify_video: uniform clips per video (default 10)")
+    p.add_argument("--frames", type=int, default=None, help="clip length (default: the model's or its run's)")
+    p.add_argument("--size", type=int, default=None, help="crop size (default: the model's or its run's)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--quantization", choices=["float16", "dynamic", "int8"], default=None, help="tflite only")
+    p.add_argument("--implementation", choices=["conv2d", "auto", "conv3d"], default="conv2d",
+                   help="tflite: conv2d (default) has no CONV_3D op; auto/conv3d keep 3D kernels as CONV_3D")
+    p.add_argument("--calibration-data", help="dataset spec of videos for int8 calibration and the check")
+    p.add_argument("--calibration-clips", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="top classes of video files")
+    p.add_argument("--model", required=True, help="a .keras file, a SavedModel directory or a .tflite file")
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--clips", type=int, default=None, help="uniform clips per video (default: the model's, 10)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("extract", help="write pooled clip features of every video as .npy files")
+    p.add_argument("--model", required=True, help="a .keras file or a SavedModel directory")
+    p.add_argument("--data", required=True, help="dataset spec")
+    p.add_argument("--out", required=True, help="output directory (mirrors the video paths)")
+    p.add_argument("--subset", choices=["train", "test", "all"], default="all")
+    p.add_argument("--clips", type=int, default=None, help="uniform clips per video (default 10)")
+    p.set_defaults(func=cmd_extract)
     return parser
 
 
@@ -261,11 +408,12 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_tensorflow()
+    from keras_r21d.export.saved_model import ExportError
     from keras_r21d.training.callbacks import ResumeError
 
     try:
         return args.func(args)
-    except (ValueError, ResumeError) as error:
+    except (ValueError, ResumeError, ExportError) as error:
         print(f"keras-r21d {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -122,6 +122,27 @@ def _chooser(path, config, starts_for):
     return choose
 
 
+def _test_starts(config):
+    def starts_for(num_frames, stride):
+        return sampling.uniform_clip_starts(num_frames, config.clip_len, config.test_clips, stride)
+
+    return starts_for
+
+
+def read_test_clips(path, config):
+    """The evaluator's uint8 test clips of one video: `(test_clips, clip_len, H, W, 3)`.
+
+    Raises `VideoDecodeError` naming the file if it cannot be decoded within
+    `config.decode_timeout`.
+    """
+    frames = run_with_timeout(
+        lambda: decode_clip(path, _chooser(path, config, _test_starts(config)), size=config.decode_size)[0],
+        config.decode_timeout,
+        path,
+    )
+    return frames.reshape(config.test_clips, config.clip_len, *frames.shape[1:])
+
+
 def _decode(path, config, log, starts_for):
     """Decodes one video's clips; on failure logs it and returns `(empty, False)`."""
     try:
@@ -232,10 +253,7 @@ def eval_dataset(dataset, batch_size, config=None, with_video_id=True, determini
     config, log, paths, labels = _prepare(dataset, config, bad_videos)
 
     def decode_py(index):
-        def starts_for(num_frames, stride):
-            return sampling.uniform_clip_starts(num_frames, config.clip_len, config.test_clips, stride)
-
-        return _decode(paths[int(index.numpy())], config, log, starts_for)
+        return _decode(paths[int(index.numpy())], config, log, _test_starts(config))
 
     ds = _decoded_frames(tf.data.Dataset.range(len(paths)), decode_py)
     if cache is not None:

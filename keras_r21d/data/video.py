@@ -187,6 +187,23 @@ def read_frames(path, indices, size=None):
     return decode_clip(path, choose, size=size)[0]
 
 
+def read_video(path, max_pixels=None):
+    """Decodes every frame of a video: uint8 RGB `(frames, height, width, 3)`.
+
+    With `max_pixels`, a video of more than that many frames x height x width
+    is refused (`VideoDecodeError`) before it is decoded.
+    """
+    if max_pixels is not None:
+        info = probe(path)
+        pixels = info["frames"] * info["height"] * info["width"]
+        if pixels > max_pixels:
+            raise VideoDecodeError(
+                path, f"{info['frames']} frames of {info['width']}x{info['height']} exceed the limit of "
+                      f"{max_pixels} pixels (frames x height x width)"
+            )
+    return decode_clip(path, lambda num_frames, fps: np.arange(num_frames))[0]
+
+
 def run_with_timeout(function, timeout, path):
     """Runs `function()` in a daemon thread and waits at most `timeout` seconds.
 

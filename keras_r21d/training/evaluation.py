@@ -109,8 +109,8 @@ def evaluate_model(model, dataset, config=None, batch_size=8, out_dir=None):
     return metrics
 
 
-def _run_record(model_path):
-    """The `run.json` of the run a model file belongs to, if any."""
+def run_record(model_path):
+    """The `run.json` of the training run a model file belongs to, or `None`."""
     folder = os.path.dirname(os.path.abspath(model_path))
     for candidate in (folder, os.path.dirname(folder)):
         path = os.path.join(candidate, "run.json")
@@ -121,6 +121,27 @@ def _run_record(model_path):
             except (OSError, ValueError):
                 return None
     return None
+
+
+def test_clip_config(model, record=None, clips=10, frames=None, size=None):
+    """The evaluator's `ClipConfig` for a model: explicit values, else the model's input shape, else its run.
+
+    The clip length, crop, frame stride and pre-crop resize follow the
+    training run's `run.json` when there is one (`record`), so that
+    evaluation, export and prediction see clips as training did.
+    """
+    shape = model.input_shape[1:]
+    trained = (record or {}).get("config", {})
+    frames = frames or shape[0] or trained.get("frames") or 16
+    size = size or shape[1] or trained.get("size") or 112
+    resize = trained.get("resize_to") if size == trained.get("size") else None
+    return ClipConfig(
+        clip_len=int(frames),
+        frame_stride=int(trained.get("frame_stride") or 1),
+        resize=tuple(resize) if resize else resize_for_crop(size),
+        crop=int(size),
+        test_clips=int(clips),
+    )
 
 
 def load_model(path):
@@ -155,12 +176,8 @@ def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_di
 
     record = None
     if isinstance(model, str):
-        record = _run_record(model)
+        record = run_record(model)
         model = load_model(model)
     dataset = load_dataset(data, "test") if isinstance(data, str) else data
-    shape = model.input_shape[1:]
-    trained = (record or {}).get("config", {})
-    frames = frames or shape[0] or trained.get("frames") or 16
-    size = size or shape[1] or trained.get("size") or 112
-    config = ClipConfig(clip_len=frames, resize=resize_for_crop(size), crop=size, test_clips=clips)
+    config = test_clip_config(model, record, clips, frames, size)
     return evaluate_model(model, dataset, config, batch_size, out_dir)

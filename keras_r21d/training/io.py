@@ -7,14 +7,19 @@ def _tmp(path):
     return f"{path}.tmp-{os.getpid()}"
 
 
-def atomic_write_text(path, text):
-    """Writes a text file through a temporary file, fsync and a rename."""
+def atomic_write_bytes(path, data):
+    """Writes a file through a temporary file, fsync and a rename."""
     tmp = _tmp(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_text(path, text):
+    """Writes a UTF-8 text file through a temporary file, fsync and a rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 TMP_PREFIX = ".tmp-"

@@ -1,0 +1,111 @@
+"""Graph functions shared by every export: whole-video preprocessing, probabilities, features.
+
+`video_clips` is the evaluator's test-time protocol (uniform clips, short
+videos per the clip config's policy, resize, center crop, normalization)
+written with the same `sampling` and `transforms` functions the input
+pipeline uses, so that a served `classify_video` gives the evaluator's
+video-level answer for the same frames.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_r21d.data import sampling, transforms
+
+# Largest video `classify_video` accepts by default: frames x height x width
+# (2**28 pixels, e.g. 116 s of 320x240 at 30 fps; 805 MB of uint8 RGB).
+MAX_VIDEO_PIXELS = 2**28
+
+
+def video_clips(frames, config, max_pixels=MAX_VIDEO_PIXELS, name="classify_video"):
+    """`(num_clips, clip_len, crop, crop, 3)` float32 test clips of one uint8 video `(F, H, W, 3)`.
+
+    The input is checked in the graph: rank 4 with 3 channels, at least one
+    frame of at least one pixel, at most `max_pixels` frames x height x width.
+    A failed check is an `InvalidArgumentError` whose message says which.
+    """
+    # A runtime check: signature shapes are not enforced when a served graph is called.
+    frames = tf.ensure_shape(tf.convert_to_tensor(frames), (None, None, None, 3), name=f"{name}_frames")
+    shape = tf.shape(frames, out_type=tf.int64)
+    checks = [
+        tf.debugging.assert_positive(shape[0], message=f"{name}: the video has no frames"),
+        tf.debugging.assert_positive(shape[1] * shape[2], message=f"{name}: the frames have no pixels"),
+        tf.debugging.assert_less_equal(
+            shape[0] * shape[1] * shape[2], tf.constant(max_pixels, tf.int64),
+            message=f"{name}: the video is larger than the limit of {max_pixels} pixels (frames x height x width)",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        num_frames = tf.identity(shape[0])
+    starts = sampling.uniform_clip_starts(num_frames, config.clip_len, config.test_clips, config.frame_stride)
+    indices = sampling.clip_indices(starts, num_frames, config.clip_len, config.frame_stride, config.short_policy)
+    clips = tf.gather(frames, tf.maximum(indices, 0))
+    if config.short_policy == "pad":
+        # Index -1 is a black frame, as in the decoder.
+        clips = tf.where((indices >= 0)[:, :, None, None, None], clips, tf.zeros_like(clips))
+    clips = transforms.eval_transform(clips, config.resize, config.crop, config.mean, config.std)
+    return tf.ensure_shape(clips, (config.test_clips, config.clip_len, config.crop, config.crop, 3))
+
+
+def checked_clips(clips, shape, name):
+    """`clips` after a runtime check of their shape `(N, T, H, W, 3)` (`None` where any size goes)."""
+    return tf.ensure_shape(clips, (None, *shape), name=f"{name}_clips")
+
+
+def outputs_probabilities(model):
+    """Whether the model's output is already a softmax (else the export applies one)."""
+    activation = getattr(model.layers[-1], "activation", None)
+    if activation is keras.activations.softmax:
+        return True
+    if activation in (None, keras.activations.linear):
+        return False
+    name = getattr(activation, "__name__", activation)
+    raise ValueError(f"the model's last layer has activation {name!r}: export needs softmax or linear (logits)")
+
+
+def probabilities_fn(model):
+    """`f(clips) -> (N, classes)` float32 probabilities, inference mode."""
+    softmax_done = outputs_probabilities(model)
+
+    def probabilities(clips):
+        outputs = tf.cast(model(clips, training=False), tf.float32)
+        return outputs if softmax_done else tf.nn.softmax(outputs, axis=-1)
+
+    return probabilities
+
+
+def feature_model(model):
+    """The backbone up to the global pooling: `(N, T, H, W, 3) -> (N, features)`."""
+    names = [layer.name for layer in model.layers]
+    if "avg_pool" in names:
+        return keras.Model(model.inputs, model.get_layer("avg_pool").output, name=f"{model.name}_features")
+    if len(model.outputs[0].shape) == 2:
+        return model  # include_top=False with pooling: the model already gives features
+    raise ValueError(
+        f"model {model.name!r} has no `avg_pool` layer and does not end in pooled features: "
+        "build it with include_top=True or pooling='avg'/'max' to extract features"
+    )
+
+
+def with_implementation(model, implementation):
+    """A copy of `model` whose convolutions use another lowering (same weights, same outputs).
+
+    `"conv2d"` gives a graph without 5-D convolutions (for TFLite's XNNPACK
+    and GPU delegates and int8); `"conv3d"` one with them.
+    """
+    from keras_r21d.layers.video_conv import IMPLEMENTATIONS
+
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}. Received: {implementation!r}")
+
+    def clone(layer):
+        config = layer.get_config()
+        if "implementation" in config:
+            config["implementation"] = implementation
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.weights:
+            copy.get_layer(layer.name).set_weights(layer.get_weights())
+    return copy

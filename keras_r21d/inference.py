@@ -1,0 +1,206 @@
+"""Prediction and feature extraction from any saved form: `.keras`, SavedModel, `.tflite`.
+
+`load_predictor(path)` picks the backend from the path. Every backend gives
+the evaluator's video-level answer: `test_clips` uniformly spaced clips,
+center-cropped, softmax averaged. `.keras` and `.tflite` decode only the
+frames those clips need; a SavedModel gets the whole video and runs its own
+`classify_video` signature (the same protocol, in its graph).
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_r21d.data import transforms
+from keras_r21d.data.pipeline import ClipConfig, read_test_clips
+from keras_r21d.data.video import read_video
+from keras_r21d.export.graph import MAX_VIDEO_PIXELS
+
+
+def _clip_config(values, clips=None):
+    """A `ClipConfig` from an export's recorded dict (tuples restored)."""
+    values = dict(values)
+    for key in ("resize", "mean", "std", "scale_jitter", "decode_size"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    if clips:
+        values["test_clips"] = int(clips)
+    return ClipConfig(**values)
+
+
+def _top(probabilities, class_names, k):
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [{"class": class_names[i], "index": int(i), "score": float(probabilities[i])} for i in order]
+
+
+def _saved_model_dir(path):
+    """A SavedModel directory, or the highest numbered version under a TF Serving base directory."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True) if os.path.isdir(path) else []
+    for version in versions:
+        candidate = os.path.join(path, str(version))
+        if os.path.isfile(os.path.join(candidate, "saved_model.pb")):
+            return candidate
+    raise ValueError(f"{path}: not a SavedModel directory (no saved_model.pb, no numbered version inside)")
+
+
+class Predictor:
+    """Video classification and clip features from a saved model.
+
+    Attributes:
+        kind: `"keras"`, `"saved_model"` or `"tflite"`.
+        class_names: the model's class names.
+        config: the `ClipConfig` of the test clips.
+    """
+
+    kind = None
+
+    def __init__(self, path, config, class_names):
+        self.path = path
+        self.config = config
+        self.class_names = list(class_names)
+
+    def video_probabilities(self, video):
+        """`(clip_probabilities (N, C), video_probabilities (C,))` for one video file."""
+        raise NotImplementedError
+
+    def classify(self, video, top=5):
+        """The top classes of one video file: `{"video", "top": [{"class", "index", "score"}], "probabilities"}`."""
+        _, probabilities = self.video_probabilities(video)
+        return {"video": video, "top": _top(probabilities, self.class_names, top),
+                "probabilities": probabilities.tolist()}
+
+    def clip_features(self, video):
+        """Pooled backbone features of the video's test clips: `(test_clips, D)`."""
+        raise ValueError(f"{self.path}: a {self.kind} model has no feature output; use a .keras file or a SavedModel")
+
+    def _clips(self, video):
+        clips = read_test_clips(video, self.config)
+        c = self.config
+        return transforms.eval_transform(clips, c.resize, c.crop, c.mean, c.std)
+
+
+class KerasPredictor(Predictor):
+    kind = "keras"
+
+    def __init__(self, path, clips=None, frames=None, size=None):
+        from keras_r21d.export.graph import feature_model, probabilities_fn
+        from keras_r21d.training.evaluation import load_model, run_record, test_clip_config
+
+        model = load_model(path)
+        record = run_record(path) or {}
+        config = test_clip_config(model, record, clips or 10, frames, size)
+        names = record.get("class_names") or [f"class_{i}" for i in range(model.output_shape[-1])]
+        super().__init__(path, config, names)
+        self.model = model
+        self._probabilities = tf.function(probabilities_fn(model), reduce_retracing=True)
+        self._features = None
+        self._feature_model = feature_model
+
+    def video_probabilities(self, video):
+        clip_probs = self._probabilities(self._clips(video)).numpy()
+        return clip_probs, clip_probs.mean(axis=0)
+
+    def clip_features(self, video):
+        if self._features is None:
+            features = self._feature_model(self.model)
+            self._features = tf.function(lambda c: features(c, training=False), reduce_retracing=True)
+        return self._features(self._clips(video)).numpy()
+
+
+class SavedModelPredictor(Predictor):
+    kind = "saved_model"
+
+    def __init__(self, path, clips=None):
+        from keras_r21d.export.saved_model import load_metadata
+
+        directory = _saved_model_dir(path)
+        metadata = load_metadata(directory)
+        if clips and metadata and clips != metadata["clip_config"]["test_clips"]:
+            raise ValueError(f"{path}: the export samples {metadata['clip_config']['test_clips']} clips per video; "
+                             "re-export with another --clips to change it")
+        self.loaded = tf.saved_model.load(directory)
+        missing = {"classify_video", "extract_features"} - set(self.loaded.signatures)
+        if missing:
+            raise ValueError(f"{path}: not a keras_r21d export (missing signatures {sorted(missing)})")
+        config = _clip_config(metadata["clip_config"]) if metadata else ClipConfig()
+        self.max_pixels = metadata.get("max_video_pixels", MAX_VIDEO_PIXELS)
+        classes = int(self.loaded.signatures["classify_video"].structured_outputs["probabilities"].shape[-1])
+        super().__init__(directory, config, metadata.get("class_names") or [f"class_{i}" for i in range(classes)])
+
+    def video_probabilities(self, video):
+        frames = read_video(video, self.max_pixels)
+        outputs = self.loaded.signatures["classify_video"](frames=tf.constant(frames))
+        return outputs["clip_probabilities"].numpy(), outputs["probabilities"].numpy()
+
+    def clip_features(self, video):
+        return self.loaded.signatures["extract_features"](clips=self._clips(video))["features"].numpy()
+
+
+class TFLitePredictor(Predictor):
+    kind = "tflite"
+
+    def __init__(self, path, clips=None, num_threads=None):
+        from keras_r21d.export.tflite import interpreter, load_report
+
+        report = load_report(path)
+        self.runner = interpreter(path, num_threads=num_threads)
+        shape = self.runner.get_input_details()[0]["shape"]
+        classes = int(self.runner.get_output_details()[0]["shape"][-1])
+        if report.get("clip_config"):
+            config = _clip_config(report["clip_config"], clips)
+        else:
+            config = ClipConfig(clip_len=int(shape[1]), crop=int(shape[2]), resize=transforms.resize_for_crop(
+                int(shape[2])), test_clips=clips or 10)
+        super().__init__(path, config, report.get("class_names") or [f"class_{i}" for i in range(classes)])
+
+    def video_probabilities(self, video):
+        from keras_r21d.export.tflite import run_tflite
+
+        clip_probs = run_tflite(self.runner, self._clips(video).numpy())
+        return clip_probs, clip_probs.mean(axis=0)
+
+
+def load_predictor(path, clips=None, frames=None, size=None):
+    """A `Predictor` for a `.keras` file, a SavedModel (or TF Serving base) directory or a `.tflite` file.
+
+    `.keras` files load with Keras' `safe_mode` on. SavedModels are programs:
+    load only those you trust.
+    """
+    if os.path.isdir(path):
+        return SavedModelPredictor(path, clips)
+    if not os.path.isfile(path):
+        raise ValueError(f"model not found: {path}")
+    if path.endswith(".tflite"):
+        return TFLitePredictor(path, clips)
+    if path.endswith(".keras"):
+        return KerasPredictor(path, clips, frames, size)
+    raise ValueError(f"{path}: expected a .keras file, a SavedModel directory or a .tflite file")
+
+
+def extract_features(predictor, dataset, out_dir, progress=None):
+    """Writes `(test_clips, D)` features of every video to `out_dir/<video path>.npy`.
+
+    Paths mirror the videos' paths relative to their common folder. Videos
+    that cannot be decoded are skipped and returned as `{path: reason}`.
+    """
+    from keras_r21d.data.video import VideoDecodeError
+
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in dataset.paths])
+    skipped = {}
+    written = []
+    for number, video in enumerate(dataset.paths, 1):
+        try:
+            features = predictor.clip_features(video)
+        except VideoDecodeError as error:
+            skipped[video] = error.reason
+        else:
+            target = os.path.join(out_dir, os.path.relpath(os.path.abspath(video), root) + ".npy")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            np.save(target, features.astype(np.float32))
+            written.append(target)
+        if progress:
+            progress(number, len(dataset.paths))
+    return written, skipped
