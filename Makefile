@@ -2,14 +2,19 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
+STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-8)
 
 .PHONY: setup sysdeps demo test lint bench clean
 
-$(STAMP): setup.py
+# tensorflow-serving-api (tests only: they check the client's messages against
+# the official ones) declares a dependency on the `tensorflow` distribution,
+# which would install a second TensorFlow beside tensorflow-cpu; its modules
+# need nothing but protobuf, grpcio and TensorFlow's protos, hence --no-deps.
+$(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,tune]"
+	$(PY) -m pip install --quiet --no-deps "tensorflow-serving-api==2.21.0"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -5,7 +5,9 @@
 2. Trains a small R(2+1)D and a small f-R2D on it with the same recipe.
 3. Evaluates both at clip and video level (10 uniform clips per video).
 4. Predicts a few test videos with the R(2+1)D.
-5. Prints where the reports, plots and models are.
+5. Exports it as a TF Serving SavedModel and a TFLite file (no CONV_3D op)
+   and predicts the same videos from both.
+6. Prints where the reports, plots and models are.
 
 The comparison is the paper's RQ1 in miniature: f-R2D pools frames without
 order, so it cannot tell a video from its time-reversed twin class
@@ -26,8 +28,10 @@ import numpy as np  # noqa: E402
 
 import keras_r21d  # noqa: E402
 from keras_r21d.data import ClipConfig, load_dataset, make_synthetic_dataset  # noqa: E402
+from keras_r21d.export import export_saved_model, export_tflite  # noqa: E402
+from keras_r21d.inference import load_predictor  # noqa: E402
 from keras_r21d.training import TrainConfig, predict_clips, train  # noqa: E402
-from keras_r21d.training.evaluation import video_predictions  # noqa: E402
+from keras_r21d.training.evaluation import run_record, test_clip_config, video_predictions  # noqa: E402
 
 
 def main():
@@ -41,7 +45,7 @@ def main():
 
     data_dir = os.path.join(args.out, "synthetic")
     if not os.path.exists(os.path.join(data_dir, "testlist01.txt")):
-        print(f"[1/4] writing the synthetic motion dataset to {data_dir}")
+        print(f"[1/5] writing the synthetic motion dataset to {data_dir}")
         make_synthetic_dataset(data_dir, classes=args.classes, videos_per_class=args.videos_per_class, seed=0)
     spec = f"ucf101:{data_dir}"
     test_set = load_dataset(spec, "test")
@@ -51,7 +55,7 @@ def main():
     results = {}
     for arch in ["r2plus1d", "fr2d"]:
         run_dir = os.path.join(args.out, f"run_{arch}")
-        print(f"[2/4] training {arch} -> {run_dir}")
+        print(f"[2/5] training {arch} -> {run_dir}")
         # Tiny networks and a plain recipe (constant learning rate, no weight
         # decay) that fit a CPU; no flips, which would swap the twin classes.
         config = TrainConfig(data=spec, out=run_dir, arch=arch, depth=10, frames=8, size=48, resize_to=(48, 64),
@@ -60,7 +64,7 @@ def main():
                              test_clips=10, val_freq=5, tensorboard=False)
         results[arch] = train(config, resume=os.path.exists(os.path.join(run_dir, "checkpoints", "state.json")))
 
-    print("[3/4] evaluation on the test videos (Video@1 averages the softmax of 10 clips per video)")
+    print("[3/5] evaluation on the test videos (Video@1 averages the softmax of 10 clips per video)")
     print("| model | paper params | GFLOPs | Clip@1 | Video@1 |")
     print("|---|---:|---:|---:|---:|")
     for arch, result in results.items():
@@ -73,7 +77,7 @@ def main():
     print(f"      chance is {chance:.1f}%; R(2+1)D minus f-R2D: {lead:+.1f} points of Video@1 "
           f"after {args.epochs} epochs")
 
-    print("[4/4] predictions of R(2+1)D on a few test videos")
+    print("[4/5] predictions of R(2+1)D on a few test videos")
     sample = test_set.subset(range(0, len(test_set), max(1, len(test_set) // 4)))
     clip_config = ClipConfig(clip_len=8, frame_stride=2, resize=(48, 64), crop=48, test_clips=10)
     probabilities, labels, videos = predict_clips(results["r2plus1d"]["model"], sample, clip_config)
@@ -82,6 +86,25 @@ def main():
         top = np.argsort(-probs)[:3]
         guesses = ", ".join(f"{sample.class_names[i]} {100 * probs[i]:.0f}%" for i in top)
         print(f"      {os.path.basename(sample.paths[index])}: true {sample.class_names[label]}; top-3: {guesses}")
+
+    print("[5/5] export of R(2+1)D: TF Serving SavedModel and TFLite; the same videos from each form")
+    model_path = results["r2plus1d"]["model_path"]
+    record = run_record(model_path)
+    clip_config = test_clip_config(results["r2plus1d"]["model"], record)
+    serving_dir = os.path.join(args.out, "serving", "r2plus1d")
+    saved = export_saved_model(results["r2plus1d"]["model"], serving_dir, version=1, overwrite=True,
+                               class_names=record["class_names"], clip_config=clip_config)
+    tflite_path = os.path.join(args.out, "r2plus1d.tflite")
+    lite = export_tflite(results["r2plus1d"]["model"], tflite_path, clip_config=clip_config,
+                         class_names=record["class_names"])
+    print(f"      SavedModel {saved['path']} (max |diff| vs Keras {saved['max_abs_diff']:.1e}); "
+          f"TFLite {tflite_path}: {lite['size_bytes'] / 1e6:.1f} MB, CONV_3D ops: {lite['ops'].get('CONV_3D', 0)}, "
+          f"max |diff| {lite['max_abs_diff']:.1e}")
+    predictors = [load_predictor(path) for path in (model_path, serving_dir, tflite_path)]
+    for video in sample.paths[:3]:
+        answers = [p.classify(video, top=1)["top"][0] for p in predictors]
+        print(f"      {os.path.basename(video)}: " + "; ".join(
+            f"{p.kind} {a['class']} {100 * a['score']:.1f}%" for p, a in zip(predictors, answers)))
 
     for arch, result in results.items():
         run_dir = result["run_dir"]

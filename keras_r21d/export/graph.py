@@ -78,7 +78,7 @@ def feature_model(model):
     """The backbone up to the global pooling: `(N, T, H, W, 3) -> (N, features)`."""
     names = [layer.name for layer in model.layers]
     if "avg_pool" in names:
-        return keras.Model(model.inputs, model.get_layer("avg_pool").output, name=f"{model.name}_features")
+        return keras.Model(model.inputs[0], model.get_layer("avg_pool").output, name=f"{model.name}_features")
     if len(model.outputs[0].shape) == 2:
         return model  # include_top=False with pooling: the model already gives features
     raise ValueError(

@@ -31,6 +31,14 @@ class Unavailable(ServingError):
     """The server could not be reached after every retry."""
 
 
+def _condense(message):
+    """A server's TensorFlow error without the graph-location noise: the lines that say what is wrong."""
+    noise = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[{{")
+    lines = [line.strip() for line in str(message).splitlines()]
+    kept = [line for line in lines if line and not any(line.startswith(n) or n in line[:6] for n in noise)]
+    return " ".join(kept) or str(message)
+
+
 def _to_numpy(value):
     array = np.asarray(value)
     if array.dtype.kind in ("U", "O"):
@@ -170,14 +178,14 @@ class Client:
                 pass
             if error.code in (502, 503, 504):
                 raise Unavailable(f"HTTP {error.code}: {detail}") from None
-            raise ServingError(f"{signature}: HTTP {error.code}: {detail}") from None
+            raise ServingError(f"{signature}: HTTP {error.code}: {_condense(detail)}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
             reason = getattr(error, "reason", error)
             if isinstance(reason, TimeoutError) or "timed out" in str(reason):
                 raise ServingError(f"{signature}: no answer from {self.target} within {self.timeout} s") from None
             raise Unavailable(str(reason)) from None
         if "error" in answer:
-            raise ServingError(f"{signature}: {answer['error']}")
+            raise ServingError(f"{signature}: {_condense(answer['error'])}")
         if "outputs" in answer:
             outputs = answer["outputs"]
             if not isinstance(outputs, dict):
@@ -221,7 +229,7 @@ class Client:
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise ServingError(f"{signature}: message too large for the server or the client ({details}); "
                                    "see `max_message_bytes` and `classify_video(..., resize=...)`") from None
-            raise ServingError(f"{signature}: {code.name}: {details}") from None
+            raise ServingError(f"{signature}: {code.name}: {_condense(details)}") from None
         return {name: _to_numpy(tf.make_ndarray(tensor)) for name, tensor in response.outputs.items()}
 
 

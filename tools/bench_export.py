@@ -1,0 +1,116 @@
+"""Deployment speed: TFLite R(2+1)D with 2D convolutions under XNNPACK vs a CONV_3D export, and
+SavedModel `classify_video` latency for a 10-second 320x240 video.
+
+    python tools/bench_export.py [--depth 18] [--frames 16] [--size 112] [--threads 2] [--repeats 5]
+
+Prints a Markdown table and writes JSON (--json PATH). Random weights: speed
+does not depend on them.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def _median_seconds(function, repeats, warmup=1):
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=18)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--video-seconds", type=float, default=10.0)
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras_r21d
+    from keras_r21d.data.pipeline import ClipConfig
+    from keras_r21d.data.transforms import resize_for_crop
+    from keras_r21d.export import export_saved_model, export_tflite
+    from keras_r21d.export.tflite import interpreter
+
+    shape = (args.frames, args.size, args.size, 3)
+    model = keras_r21d.R2Plus1D(depth=args.depth, input_shape=(None, None, None, 3), classes=400)
+    config = ClipConfig(clip_len=args.frames, crop=args.size, resize=resize_for_crop(args.size), test_clips=10)
+    clip = np.random.default_rng(0).normal(size=(1, *shape)).astype("float32")
+    rows = []
+    forward = tf.function(lambda x: model(x, training=False))
+    seconds = _median_seconds(lambda: forward(clip).numpy(), args.repeats)
+    rows.append({"what": "Keras (TensorFlow) inference, batch 1", "seconds": seconds})
+
+    with tempfile.TemporaryDirectory() as folder:
+        for implementation, label in (("conv2d", "TFLite, (2+1)D as CONV_2D"), ("conv3d", "TFLite, CONV_3D export")):
+            path = os.path.join(folder, f"{implementation}.tflite")
+            start = time.perf_counter()
+            report = export_tflite(model, path, implementation=implementation, clip_config=config, check_data=clip)
+            convert = time.perf_counter() - start
+            for delegates in (True, False):
+                runner = interpreter(path, num_threads=args.threads, delegates=delegates)
+                index = runner.get_input_details()[0]["index"]
+
+                def invoke(runner=runner, index=index):
+                    runner.set_tensor(index, clip)
+                    runner.invoke()
+
+                seconds = _median_seconds(invoke, args.repeats)
+                rows.append({
+                    "what": f"{label}, {'XNNPACK' if delegates else 'builtin kernels'}",
+                    "seconds": seconds, "conv3d_ops": report["ops"].get("CONV_3D", 0),
+                    "conv2d_ops": report["ops"].get("CONV_2D", 0), "export_seconds": round(convert, 1),
+                    "max_abs_diff": report["max_abs_diff"],
+                })
+
+        base = os.path.join(folder, "serving")
+        start = time.perf_counter()
+        export = export_saved_model(model, base, clip_config=config)
+        export_seconds = time.perf_counter() - start
+        loaded = tf.saved_model.load(export["path"])
+        classify = loaded.signatures["classify_video"]
+        frames = int(round(args.video_seconds * 30))
+        video = tf.constant(np.random.default_rng(1).integers(0, 256, (frames, 240, 320, 3), dtype=np.uint8))
+        seconds = _median_seconds(lambda: classify(frames=video)["probabilities"].numpy(), max(3, args.repeats // 2))
+        rows.append({"what": f"SavedModel classify_video, {args.video_seconds:g} s 320x240 at 30 fps "
+                             f"({frames} frames, 10 clips)", "seconds": seconds,
+                     "export_seconds": round(export_seconds, 1)})
+
+    print(f"R(2+1)D-{args.depth}, {args.frames}x{args.size}x{args.size}, 400 classes, {args.threads} threads, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; median of {args.repeats}")
+    print("| what | latency (s) | clips/s | CONV_3D ops |")
+    print("|---|---:|---:|---:|")
+    for row in rows:
+        clips = 10 if "classify_video" in row["what"] else 1
+        row["clips_per_second"] = clips / row["seconds"]
+        print(f"| {row['what']} | {row['seconds']:.3f} | {row['clips_per_second']:.2f} | "
+              f"{row.get('conv3d_ops', '')} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
