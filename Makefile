@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-8)
 
 .PHONY: setup sysdeps demo test lint bench clean
 
+# torch and torchvision (x86-64; tests only: the converter's parity tests run
+# torchvision's own models; pip takes both from this machine kind's disk, about
+# 50 s) run in child processes: torch imported after TensorFlow crashes.
 # tensorflow-serving-api (tests only: they check the client's messages against
 # the official ones) declares a dependency on the `tensorflow` distribution,
 # which would install a second TensorFlow beside tensorflow-cpu; its modules
@@ -15,6 +18,7 @@ $(STAMP): setup.py Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,tune]"
 	$(PY) -m pip install --quiet --no-deps "tensorflow-serving-api==2.21.0"
+	if [ "$$(uname -m)" = x86_64 ]; then $(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"; fi
 	touch $(STAMP)
 
 setup: $(STAMP)

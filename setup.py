@@ -14,6 +14,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["keras_r21d", "keras_r21d.*"]),
+    package_data={"keras_r21d.weights": ["*.txt"]},
     install_requires=[
         "tensorflow-cpu==2.21.0; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
         "tensorflow==2.21.0; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
@@ -27,6 +28,8 @@ setup(
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],
         "tune": ["keras-tuner==1.4.8"],
+        # Reading PyTorch checkpoints (keras-r21d convert, the first use of a preset); never needed at run time.
+        "convert": ["torch>=2.1"],
     },
     entry_points={"console_scripts": ["keras-r21d=keras_r21d.cli:main"]},
     classifiers=[

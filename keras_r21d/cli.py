@@ -286,6 +286,45 @@ def cmd_extract(args):
     return 0
 
 
+def cmd_convert(args):
+    import hashlib
+    import re
+
+    from keras_r21d.models.registry import get_model, parse_model_name
+    from keras_r21d.training.io import atomic_save_model, atomic_write_text
+    from keras_r21d.weights import PREPROCESSING, class_names, convert_state_dict, load_torch_checkpoint
+
+    if os.path.exists(args.out) and not args.overwrite:
+        raise ValueError(f"{args.out} exists: pass --overwrite to replace it")
+    if not args.out.endswith(".keras"):
+        raise ValueError(f"--out must name a .keras file. Received: {args.out}")
+    variant, _ = parse_model_name(args.arch)
+    state = load_torch_checkpoint(args.checkpoint)
+    if "fc.weight" not in state:
+        raise ValueError(f"{args.checkpoint}: no fc.weight tensor: not a torchvision VideoResNet checkpoint")
+    classes = int(state["fc.weight"].shape[0])
+    midplanes = "torchvision" if args.source == "torchvision" else "paper"
+    clip = re.search(r"clip(\d+)", os.path.basename(args.checkpoint))
+    frames = args.frames or (int(clip.group(1)) if clip else 16)
+    shape = (frames, 112, 112, 3) if variant == "r2d" else (None, None, None, 3)
+    model = get_model(args.arch, input_shape=shape, classes=classes, midplanes=midplanes)
+    convert_state_dict(state, model, args.checkpoint)
+    atomic_save_model(model, args.out)
+    with open(args.checkpoint, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    record = {
+        "config": {"arch": variant, "frames": frames, "size": PREPROCESSING["crop"],
+                   "frame_stride": PREPROCESSING["frame_stride"], "resize_to": PREPROCESSING["resize"]},
+        "class_names": class_names("kinetics400") if classes == 400 else None,
+        "source": {"checkpoint": os.path.abspath(args.checkpoint), "sha256": digest, "from": args.source,
+                   "midplanes": midplanes},
+    }
+    atomic_write_text(args.out + ".json", json.dumps(record, indent=2))
+    print(f"converted {args.checkpoint} ({len(state)} tensors, sha256 {digest[:12]}...) -> {args.out}: "
+          f"{args.arch}, {classes} classes, midplanes={midplanes}, clips of {frames} frames")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-r21d",
@@ -401,6 +440,17 @@ def build_parser():
     p.add_argument("--subset", choices=["train", "test", "all"], default="all")
     p.add_argument("--clips", type=int, default=None, help="uniform clips per video (default 10)")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("convert", help="convert a PyTorch checkpoint (torchvision VideoResNet layout) to .keras")
+    p.add_argument("checkpoint", help="a .pth state dict (read with torch.load(weights_only=True); needs torch)")
+    p.add_argument("--from", dest="source", choices=["torchvision", "ig65m"], default="torchvision",
+                   help="torchvision: per-block M, BatchNorm epsilon 1e-5; ig65m: the paper's per-conv M, 1e-3")
+    p.add_argument("--arch", required=True, help="r3d_18, mc3_18, r2plus1d_18, r2plus1d_34, ...")
+    p.add_argument("--frames", type=int, default=None,
+                   help="clip length it is used at (default: clipN in the file name, else 16)")
+    p.add_argument("--out", required=True, help="the .keras file to write (and OUT.json beside it)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 
@@ -413,7 +463,7 @@ def main(argv=None):
 
     try:
         return args.func(args)
-    except (ValueError, ResumeError, ExportError) as error:
+    except (ValueError, ResumeError, ExportError, ImportError) as error:
         print(f"keras-r21d {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -147,7 +147,7 @@ def test_input_tensor():
     "kwargs,message",
     [
         ({"depth": 19}, "depth=19"),
-        ({"weights": "kinetics400"}, "weights='kinetics400'"),
+        ({"weights": "imagenet"}, "weights file not found: imagenet"),
         ({"pooling": "sum", "include_top": False}, "pooling='sum'"),
         ({"input_shape": (16, 112, 112, 1)}, "input_shape=.16, 112, 112, 1."),
         ({"classes": 0}, "classes=0"),

@@ -1,5 +1,7 @@
 """One generic, table-driven builder for the whole family of the paper."""
 
+import os
+
 import keras
 
 from keras_r21d.layers.blocks import CONV_TYPES, MIDPLANES, BasicBlock, BottleneckBlock
@@ -46,11 +48,8 @@ def _check_args(depth, stem_type, stage_conv_types, midplanes, implementation, i
         raise ValueError(f"`classes` must be a positive integer with include_top=True. Received: classes={classes!r}")
     if not width_multiplier > 0:
         raise ValueError(f"`width_multiplier` must be > 0. Received: width_multiplier={width_multiplier!r}")
-    if weights is not None:
-        raise ValueError(
-            "No pretrained weights are available yet: only `weights=None` is supported. "
-            f"Received: weights={weights!r}"
-        )
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"`weights` must be None, a preset name or a file path or URL. Received: {weights!r}")
 
 
 def _resolve_input(input_shape, input_tensor, stem_type):
@@ -136,8 +135,10 @@ def VideoResNet(
         stage_conv_types: 4 conv types (`"3d"`, `"2d"`, `"2plus1d"`) for
             conv2_x..conv5_x.
         include_top: bool, whether to add the pooling and the classifier.
-        weights: `None` (random initialization). Pretrained presets are not
-            available yet.
+        weights: `None` (random initialization), or a `.weights.h5` or
+            PyTorch `.pth` file (torchvision's `VideoResNet` layout) or a URL
+            of one. Preset names (`"kinetics400"`, ...) go through the named
+            builders (`R2Plus1D(18, weights="kinetics400")`).
         input_tensor: optional Keras tensor to use as the model's input.
         input_shape: `(frames, height, width, 3)`; default `(16, 112, 112, 3)`.
             `None` entries make the size variable (not the frames of R2D).
@@ -205,7 +206,12 @@ def VideoResNet(
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling3D(name="max_pool")(x)
     model_inputs = keras.utils.get_source_inputs(source) if source is not None else inputs
-    return keras.Model(model_inputs, x, name=name or f"video_resnet{depth}")
+    model = keras.Model(model_inputs, x, name=name or f"video_resnet{depth}")
+    if weights is not None:
+        from keras_r21d.weights import load_weights
+
+        load_weights(model, os.fspath(weights))
+    return model
 
 
 def _variant_builder(variant):
@@ -219,27 +225,39 @@ def _variant_builder(variant):
         input_tensor=None,
         input_shape=None,
         pooling=None,
-        classes=400,
+        classes=None,
         classifier_activation="softmax",
-        midplanes="paper",
+        midplanes=None,
         name=None,
         **kwargs,
     ):
-        return VideoResNet(
+        from keras_r21d.weights import is_preset, preset_for_builder
+
+        preset = None
+        if is_preset(weights):
+            preset, input_shape, classes, midplanes = preset_for_builder(
+                variant, depth, weights, input_shape, input_tensor, include_top, classes, midplanes, kwargs
+            )
+        model = VideoResNet(
             depth,
             stem_type,
             stage_conv_types,
             include_top=include_top,
-            weights=weights,
+            weights=None if preset else weights,
             input_tensor=input_tensor,
             input_shape=input_shape,
             pooling=pooling,
-            classes=classes,
+            classes=400 if classes is None else classes,
             classifier_activation=classifier_activation,
-            midplanes=midplanes,
+            midplanes=midplanes or "paper",
             name=name or f"{variant}_{depth}",
             **kwargs,
         )
+        if preset:
+            from keras_r21d.weights import load_preset
+
+            load_preset(model, preset)
+        return model
 
     stages = ", ".join(f"conv{i + 2}: {c}" for i, c in enumerate(stage_conv_types))
     builder.__doc__ = f"""Builds {display}-`depth` (Tran et al. 2018): stem {stem_type}; {stages}.
@@ -247,13 +265,17 @@ def _variant_builder(variant):
     Args:
         depth: int, one of {sorted(DEPTHS)}.
         include_top: bool, whether to add the pooling and the classifier.
-        weights: `None` (random initialization).
+        weights: `None` (random initialization), a preset name (see
+            `keras_r21d.weights.PRESETS`; e.g. `"kinetics400"` for depth 18 of
+            R3D, MC3 and R(2+1)D, `"ig65m_kinetics400"` and `"ig65m"` for
+            R(2+1)D-34), or a `.weights.h5` / `.pth` file or URL.
         input_tensor: optional Keras tensor to use as the model's input.
         input_shape: `(frames, height, width, 3)`; default `{DEFAULT_INPUT_SHAPE}`.
         pooling: with `include_top=False`: `None`, `"avg"` or `"max"`.
-        classes: int, number of classes (400 for Kinetics).
+        classes: int, number of classes (default 400, or the preset's).
         classifier_activation: activation of the classifier, `None` for logits.
-        midplanes: `"paper"` or `"torchvision"` (see `VideoResNet`).
+        midplanes: `"paper"` (default) or `"torchvision"` (see `VideoResNet`);
+            a preset sets the reading its checkpoint needs.
         name: model name, default `"{variant}_<depth>"`.
         **kwargs: `width_multiplier`, `implementation`, `dropout`,
             `kernel_regularizer` (see `VideoResNet`).

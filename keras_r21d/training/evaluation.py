@@ -110,10 +110,14 @@ def evaluate_model(model, dataset, config=None, batch_size=8, out_dir=None):
 
 
 def run_record(model_path):
-    """The `run.json` of the training run a model file belongs to, or `None`."""
+    """The record of how a model file was made, or `None`.
+
+    `MODEL.keras.json` beside the file (written by `keras-r21d convert`), else
+    the `run.json` of the training run it belongs to.
+    """
     folder = os.path.dirname(os.path.abspath(model_path))
-    for candidate in (folder, os.path.dirname(folder)):
-        path = os.path.join(candidate, "run.json")
+    candidates = [model_path + ".json"] + [os.path.join(c, "run.json") for c in (folder, os.path.dirname(folder))]
+    for path in candidates:
         if os.path.isfile(path):
             try:
                 with open(path, encoding="utf-8") as f:
