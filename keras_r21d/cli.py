@@ -141,7 +141,8 @@ def cmd_train(args):
         frame_stride=args.frame_stride, flip=not args.no_flip, strategy=args.strategy,
         mixed_precision=args.mixed_precision, jit_compile=args.xla, seed=args.seed,
         max_train_videos=args.max_train_videos,
-        tensorboard=not args.no_tensorboard,
+        tensorboard=not args.no_tensorboard, init=args.init, freeze_backbone_epochs=args.freeze_backbone_epochs,
+        finetune_lr=args.finetune_lr, trainable_from=args.trainable_from,
     )
     result = run_or_exit(train, config, resume=args.resume)
     if result["report"] is not None:
@@ -369,11 +370,12 @@ def build_parser():
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=112, help="crop size (frames are resized to 128/112 of it first)")
     p.add_argument("--batch-size", type=int, default=8, help="global batch size")
-    p.add_argument("--epochs", type=int, default=45)
+    p.add_argument("--epochs", type=int, default=None, help="default 45, or 10 when fine-tuning (--init)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--width-multiplier", type=float, default=1.0)
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.01 x batch / 32)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default 0.01 x batch / 32; with --init: of the head-only epochs)")
     p.add_argument("--schedule", choices=["step", "cosine", "constant"], default="step")
     p.add_argument("--decay-epochs", type=int, default=10, help="step schedule: divide by 10 every N epochs")
     p.add_argument("--warmup-epochs", type=float, default=0.0)
@@ -393,6 +395,15 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train-videos", type=int, default=None)
     p.add_argument("--no-tensorboard", action="store_true")
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--init", help="start from a .keras file, a run directory or a preset (kinetics400, ...; "
+                                  "with --arch/--depth); the head is replaced if the class count differs")
+    g.add_argument("--freeze-backbone-epochs", type=int, default=0,
+                   help="train the head alone for N epochs first (frozen BatchNorm statistics too)")
+    g.add_argument("--finetune-lr", type=float, default=None,
+                   help="learning rate once the backbone trains (default 0.001 x batch / 32)")
+    g.add_argument("--trainable-from", choices=["conv1", "conv2", "conv3", "conv4", "conv5", "head"],
+                   help="keep the stages before this one frozen throughout (default: train all)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="Clip@1/Video@1 of a model on a dataset's test subset")

@@ -5,6 +5,11 @@ import os
 import keras
 import numpy as np
 
+# The demo's recipe: a small R(2+1)D on 4 motion classes (two time-reversed pairs) of real videos.
+MOTION_RECIPE = dict(arch="r2plus1d", depth=10, frames=8, size=48, resize_to=(48, 64), batch_size=16, epochs=15,
+                     width_multiplier=0.25, lr=0.01, schedule="constant", weight_decay=0.0, nesterov=False,
+                     frame_stride=2, flip=False, test_clips=5, val_freq=100, tensorboard=False)
+
 
 def random_clip(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")

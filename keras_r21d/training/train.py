@@ -26,10 +26,16 @@ from keras_r21d.training.callbacks import (
     load_checkpoint,
 )
 from keras_r21d.training.evaluation import evaluate_model
+from keras_r21d.training.finetune import STAGES, init_model, load_source, set_trainable
 from keras_r21d.training.io import atomic_save_model, atomic_write_text
 from keras_r21d.training.plots import plot_history
 from keras_r21d.training.recipe import make_optimizer, scaled_learning_rate
 from keras_r21d.training.strategy import is_chief, make_strategy
+
+EPOCHS = 45
+FINETUNE_EPOCHS = 10
+# The fine-tuning learning rate per 32 clips (SPEC: 1e-4..1e-3 when transferring from Kinetics).
+FINETUNE_BASE_LR = 0.001
 
 
 @dataclasses.dataclass
@@ -39,6 +45,16 @@ class TrainConfig:
     The defaults are the paper's recipe (SGD, Nesterov momentum 0.9, weight
     decay 1e-4, learning rate 0.01 per 32 clips scaled with the global batch,
     divided by 10 every 10 epochs, 45 epochs, 16x112x112 clips).
+
+    Fine-tuning (`init`: a `.keras` file, a run directory or a preset name):
+    the source's architecture and weights, a new classifier when the class
+    count differs, 10 epochs by default. With `freeze_backbone_epochs=N`
+    the first N epochs train the head alone at `lr` (default 0.01 per 32
+    clips); then the layers from `trainable_from` on (default all) train at
+    `finetune_lr` (default 0.001 per 32 clips, the paper's fine-tuning
+    range). Frozen layers keep their weights and BatchNorm statistics.
+    `arch`, `depth`, `width_multiplier` and `dropout` come from the source
+    (`arch` and `depth` name the network of a preset).
     """
 
     data: str
@@ -48,7 +64,7 @@ class TrainConfig:
     frames: int = 16
     size: int = 112
     batch_size: int = 8
-    epochs: int = 45
+    epochs: int = None
     lr: float = None
     schedule: str = "step"
     decay_epochs: int = 10
@@ -71,10 +87,24 @@ class TrainConfig:
     seed: int = 0
     max_train_videos: int = None
     tensorboard: bool = True
+    init: str = None
+    freeze_backbone_epochs: int = 0
+    finetune_lr: float = None
+    trainable_from: str = None
 
     def __post_init__(self):
         if self.arch not in VARIANTS:
             raise ValueError(f"`arch` must be one of {sorted(VARIANTS)}. Received: arch={self.arch!r}")
+        if self.epochs is None:
+            self.epochs = FINETUNE_EPOCHS if self.init else EPOCHS
+        if not self.init and (self.freeze_backbone_epochs or self.trainable_from or self.finetune_lr):
+            raise ValueError("freeze_backbone_epochs, trainable_from and finetune_lr need `init` "
+                             "(--init MODEL.keras | RUN_DIR | PRESET)")
+        if not 0 <= int(self.freeze_backbone_epochs) < int(self.epochs):
+            raise ValueError(f"`freeze_backbone_epochs` must be in [0, epochs={self.epochs}). "
+                             f"Received: {self.freeze_backbone_epochs}")
+        if self.trainable_from is not None and self.trainable_from not in STAGES:
+            raise ValueError(f"`trainable_from` must be one of {STAGES}. Received: {self.trainable_from!r}")
         for name in ("frames", "size", "batch_size", "epochs", "val_freq", "test_clips"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)!r}")
@@ -104,17 +134,35 @@ def versions():
             "opencv": cv2.__version__, "python": platform.python_version()}
 
 
-def _build(config, num_classes, steps_per_epoch, global_batch):
-    model = get_model(
-        f"{config.arch}_{config.depth}", classes=num_classes, input_shape=config.input_shape(),
-        width_multiplier=config.width_multiplier, dropout=config.dropout,
-    )
-    lr = config.lr if config.lr is not None else scaled_learning_rate(global_batch)
-    optimizer = make_optimizer(lr, steps_per_epoch, config.epochs, config.warmup_epochs, config.schedule,
+def _new_model(config, num_classes):
+    """A new model: built from the config, or from `config.init` with a head for `num_classes`."""
+    if not config.init:
+        model = get_model(
+            f"{config.arch}_{config.depth}", classes=num_classes, input_shape=config.input_shape(),
+            width_multiplier=config.width_multiplier, dropout=config.dropout,
+        )
+        return model, None
+    source, description = load_source(config.init, config.arch, config.depth)
+    model, kept_head = init_model(source, num_classes, config.frames, description)
+    return model, {"init": description, "kept_head": kept_head, "source_classes": int(source.output_shape[-1])}
+
+
+def _phases(config, global_batch):
+    """`[(end_epoch, trainable_from, learning_rate)]`: one phase, or head-only then fine-tuning."""
+    if not config.init:
+        return [(config.epochs, None, config.lr if config.lr is not None else scaled_learning_rate(global_batch))]
+    head_lr = config.lr if config.lr is not None else scaled_learning_rate(global_batch)
+    finetune_lr = (config.finetune_lr if config.finetune_lr is not None
+                   else scaled_learning_rate(global_batch, base_lr=FINETUNE_BASE_LR))
+    phases = [(config.freeze_backbone_epochs, "head", head_lr)] if config.freeze_backbone_epochs else []
+    return phases + [(config.epochs, config.trainable_from, finetune_lr)]
+
+
+def _compile(model, config, lr, steps_per_epoch, epochs):
+    optimizer = make_optimizer(lr, steps_per_epoch, epochs, config.warmup_epochs, config.schedule,
                                config.decay_epochs, config.momentum, config.nesterov, config.weight_decay)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=config.jit_compile)
-    return model
 
 
 def _prebuild_for_multi_worker(model, strategy, dataset):
@@ -182,18 +230,29 @@ def train(config=None, callbacks=None, **kwargs):
                              bad_videos=bad_videos, repeat=True)
     val_ds = eval_dataset(val_set, config.batch_size, config.clip_config(test_clips=1), with_video_id=False)
 
+    phases = _phases(config, config.batch_size)
+    starts = [0] + [end for end, _, _ in phases[:-1]]
+    source = None
     with strategy.scope():
         if resume:
             model, initial_epoch = load_checkpoint(checkpoint_dir)
+            # The phase the checkpoint belongs to (a phase's first epoch belongs to the one before).
+            current = max([0] + [i for i, start in enumerate(starts) if start < initial_epoch])
+            set_trainable(model, phases[current][1])
         else:
-            model, initial_epoch = _build(config, train_set.num_classes, steps_per_epoch, config.batch_size), 0
+            model, source = _new_model(config, train_set.num_classes)
+            initial_epoch = 0
+            set_trainable(model, phases[0][1])
+            _compile(model, config, phases[0][2], steps_per_epoch, phases[0][0])
 
     if chief:
         os.makedirs(run_dir, exist_ok=True)
         record = {"config": dataclasses.asdict(config), "versions": versions(), "status": "running",
                   "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
                   "train_videos": len(train_set), "val_videos": len(val_set),
-                  "class_names": train_set.class_names, "resumed_from_epoch": initial_epoch or None}
+                  "class_names": train_set.class_names, "resumed_from_epoch": initial_epoch or None,
+                  "init": source, "phases": [{"start_epoch": start, "end_epoch": end, "trainable_from": stage,
+                                               "learning_rate": lr} for start, (end, stage, lr) in zip(starts, phases)]}
         atomic_write_text(os.path.join(run_dir, "run.json"), json.dumps(record, indent=2))
 
     callbacks = list(callbacks or []) + [
@@ -203,20 +262,35 @@ def train(config=None, callbacks=None, **kwargs):
         keras.callbacks.TerminateOnNaN(),
     ]
     if chief:
-        callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_epoch > 0))
+        csv_log = keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_epoch > 0)
+        callbacks.append(csv_log)
         if config.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False))
 
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker:
         _prebuild_for_multi_worker(model, strategy, train_ds)
     started = time.time()
     history = {}
-    if initial_epoch < config.epochs:
-        history = model.fit(
-            train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+    for index, (start, (end, stage, lr)) in enumerate(zip(starts, phases)):
+        if initial_epoch >= end:
+            continue
+        if index > 0 and initial_epoch <= start:
+            # Entering this phase: unfreeze from `stage` on and start a new optimizer at its rate.
+            with strategy.scope():
+                set_trainable(model, stage)
+                _compile(model, config, lr, steps_per_epoch, end - start)
+            if multi_worker:
+                _prebuild_for_multi_worker(model, strategy, train_ds)
+        phase_history = model.fit(
+            train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(initial_epoch, start),
             steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
             verbose="auto" if sys.stdout.isatty() and not os.environ.get("CI") else 2,
         ).history
+        for key, values in phase_history.items():
+            history.setdefault(key, []).extend(values)
+        if chief:
+            csv_log.append = True  # the next phase adds its rows
     train_seconds = time.time() - started
 
     result = {"model": model, "run_dir": run_dir, "history": history, "report": None, "model_path": None,
