@@ -326,6 +326,55 @@ def cmd_convert(args):
     return 0
 
 
+def _csv(kind):
+    def parse(text):
+        try:
+            return tuple(kind(item) for item in text.split(",") if item.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") \
+                from None
+
+    return parse
+
+
+def cmd_tune(args):
+    from keras_r21d.tuning import SearchSpace, distributed_role, tune
+
+    role = distributed_role()
+    if args.distributed and role is None:
+        raise ValueError("--distributed needs KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT")
+    if role and not args.distributed:
+        raise ValueError("KERASTUNER_ORACLE_IP is set: pass --distributed to run as a chief or worker")
+    fixed = {name: value for name, value in (("variant", args.arch), ("depth", args.depth), ("frames", args.frames),
+                                             ("width_multiplier", args.width_multiplier), ("lr", args.lr),
+                                             ("weight_decay", args.weight_decay),
+                                             ("warmup_epochs", args.warmup_epochs)) if value is not None}
+    space = SearchSpace(**{k: v for k, v in dict(
+        variants=args.variants, per_stage=args.per_stage, depths=args.depths, frames=args.clip_lengths,
+        width_multipliers=args.widths, lr=args.lr_range, weight_decay=args.wd_range,
+        warmup_epochs=args.warmup_choices).items() if v is not None}, fixed=fixed)
+    settings = dict(size=args.size, batch_size=args.batch_size, frame_stride=args.frame_stride,
+                    flip=not args.no_flip, test_clips=args.test_clips, strategy=args.strategy)
+    for name in ("val_data", "max_train_videos"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.resize_to:
+        settings["resize_to"] = _parse_size(args.resize_to)[::-1]
+    rows = tune(args.data, args.out, space, algorithm=args.algorithm, objective=args.objective,
+                max_trials=args.max_trials, epochs=args.epochs, budget_minutes=args.budget_minutes, seed=args.seed,
+                overwrite=args.overwrite, trial_timeout_minutes=args.trial_timeout_minutes, **settings)
+    if rows is None:
+        print(f"worker {os.environ.get('KERASTUNER_TUNER_ID')} done")
+        return 0
+    with open(os.path.join(args.out, "results.md"), encoding="utf-8") as f:
+        print(f.read(), end="")
+    print(f"results: {os.path.join(args.out, 'results.csv')}, plot: {os.path.join(args.out, 'pareto.png')}")
+    best = os.path.join(args.out, "best_model.keras")
+    if os.path.isfile(best):
+        print(f"best model: {best} (keras-r21d export --model {best} ...)")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-r21d",
@@ -462,6 +511,49 @@ def build_parser():
     p.add_argument("--out", required=True, help="the .keras file to write (and OUT.json beside it)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("tune", help="search variants / per-stage conv types, depth, clip length, width, recipe")
+    p.add_argument("--data", required=True, help="dataset spec (trials train on train, score on test)")
+    p.add_argument("--out", required=True, help="search directory (rerun the same command to resume)")
+    p.add_argument("--algorithm", choices=["random", "bayesian", "hyperband"], default="random")
+    p.add_argument("--objective", choices=["video", "clip"], default="video", help="validation Video@1 or Clip@1")
+    p.add_argument("--max-trials", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=5, help="epochs per trial (hyperband: the most per trial)")
+    p.add_argument("--budget-minutes", type=float, default=None, help="start no trial after this many minutes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="discard a previous search in --out")
+    g = p.add_argument_group("search space (comma-separated choices)")
+    g.add_argument("--variants", type=_csv(str), help=f"default all: {','.join(sorted(VARIANTS))}")
+    g.add_argument("--per-stage", action="store_true", help="choose the stem and each stage's conv type instead")
+    g.add_argument("--depths", type=_csv(int), help="default 10,18")
+    g.add_argument("--clip-lengths", type=_csv(int), help="default 8,16")
+    g.add_argument("--widths", type=_csv(float), help="width multipliers, default 0.25,0.5,1.0")
+    g.add_argument("--lr-range", type=_csv(float), help="LOW,HIGH (log-uniform), default 0.001,0.1")
+    g.add_argument("--wd-range", type=_csv(float), help="LOW,HIGH (log-uniform), default 1e-5,1e-3")
+    g.add_argument("--warmup-choices", type=_csv(int), help="default 0,1")
+    g = p.add_argument_group("fixed values (the train command's flags: fix instead of search)")
+    g.add_argument("--arch", choices=sorted(VARIANTS))
+    g.add_argument("--depth", type=int, choices=sorted(DEPTHS))
+    g.add_argument("--frames", type=int)
+    g.add_argument("--width-multiplier", type=float)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup-epochs", type=int)
+    g.add_argument("--size", type=int, default=112)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--frame-stride", type=int, default=1)
+    g.add_argument("--resize-to", help="WIDTHxHEIGHT before cropping (default 128/112 of --size)")
+    g.add_argument("--no-flip", action="store_true")
+    g.add_argument("--test-clips", type=int, default=10)
+    g.add_argument("--val-data")
+    g.add_argument("--max-train-videos", type=int)
+    g.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker", "one_device"], default="auto")
+    g = p.add_argument_group("distributed (keras-tuner's chief/worker mode)")
+    g.add_argument("--distributed", action="store_true",
+                   help="run as the chief or a worker named by KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/_PORT")
+    g.add_argument("--trial-timeout-minutes", type=float, default=None,
+                   help="chief: mark a trial failed when its worker has not finished it after this long")
+    p.set_defaults(func=cmd_tune)
     return parser
 
 

@@ -18,6 +18,7 @@ from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, trai
 from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.models.registry import get_model
 from keras_r21d.models.specs import VARIANTS
+from keras_r21d.models.video_resnet import VideoResNet
 from keras_r21d.training.callbacks import (
     LearningRateLogger,
     ResumableCheckpoint,
@@ -87,6 +88,8 @@ class TrainConfig:
     seed: int = 0
     max_train_videos: int = None
     tensorboard: bool = True
+    stem_type: str = None
+    stage_conv_types: tuple = None
     init: str = None
     freeze_backbone_epochs: int = 0
     finetune_lr: float = None
@@ -97,6 +100,9 @@ class TrainConfig:
             raise ValueError(f"`arch` must be one of {sorted(VARIANTS)}. Received: arch={self.arch!r}")
         if self.epochs is None:
             self.epochs = FINETUNE_EPOCHS if self.init else EPOCHS
+        if (self.stem_type is None) != (self.stage_conv_types is None):
+            raise ValueError("a custom network needs both `stem_type` and `stage_conv_types` "
+                             f"(received {self.stem_type!r}, {self.stage_conv_types!r})")
         if not self.init and (self.freeze_backbone_epochs or self.trainable_from or self.finetune_lr):
             raise ValueError("freeze_backbone_epochs, trainable_from and finetune_lr need `init` "
                              "(--init MODEL.keras | RUN_DIR | PRESET)")
@@ -122,7 +128,8 @@ class TrainConfig:
 
     def input_shape(self):
         # R2D's stem needs the clip length; every other variant takes any length and size.
-        return (self.frames, None, None, 3) if self.arch == "r2d" else (None, None, None, 3)
+        whole_clip = self.stem_type == "clip" if self.stem_type else self.arch == "r2d"
+        return (self.frames, None, None, 3) if whole_clip else (None, None, None, 3)
 
 
 def versions():
@@ -136,6 +143,11 @@ def versions():
 
 def _new_model(config, num_classes):
     """A new model: built from the config, or from `config.init` with a head for `num_classes`."""
+    if config.stage_conv_types and not config.init:
+        model = VideoResNet(config.depth, config.stem_type, tuple(config.stage_conv_types), classes=num_classes,
+                            input_shape=config.input_shape(), width_multiplier=config.width_multiplier,
+                            dropout=config.dropout, name=f"custom_{config.depth}")
+        return model, None
     if not config.init:
         model = get_model(
             f"{config.arch}_{config.depth}", classes=num_classes, input_shape=config.input_shape(),
@@ -294,7 +306,8 @@ def train(config=None, callbacks=None, **kwargs):
     train_seconds = time.time() - started
 
     result = {"model": model, "run_dir": run_dir, "history": history, "report": None, "model_path": None,
-              "skipped_videos": dict(bad_videos.failures)}
+              "skipped_videos": dict(bad_videos.failures),
+              "train_clip_shape": list(train_ds.element_spec[0].shape[1:])}
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return result

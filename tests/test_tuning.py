@@ -1,0 +1,204 @@
+"""Searches with keras-tuner on a tiny synthetic dataset: real trials, resume after a kill, distributed on 127.0.0.1."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from keras_r21d.data import make_synthetic_dataset
+from keras_r21d.tuning import SearchSpace, tune
+
+SETTINGS = dict(size=32, batch_size=4, test_clips=2, flip=False)
+TUNE_ARGS = ["--variants", "fr2d,r2plus1d,r2d", "--depth", "10", "--clip-lengths", "4,6", "--width-multiplier",
+             "0.125", "--lr", "0.01", "--weight-decay", "0.0001", "--warmup-epochs", "0", "--epochs", "1",
+             "--size", "32", "--batch-size", "4", "--test-clips", "2", "--no-flip"]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune") / "syn"
+    return make_synthetic_dataset(str(root), classes=2, videos_per_class=6, frames=(12, 16), size=(48, 32), seed=0)
+
+
+def _trial_records(out):
+    folder = os.path.join(out, "trials")
+    records = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name, "trial.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                records[name] = json.load(f)
+    return records
+
+
+def _results(out):
+    with open(os.path.join(out, "results.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_search_trains_each_trial_at_its_clip_length(tiny_data, tmp_path):
+    out = str(tmp_path / "search")
+    space = SearchSpace(variants=("fr2d", "r2plus1d", "r2d"), depths=(10,), frames=(4, 6),
+                        width_multipliers=(0.125,), lr=(0.005, 0.02), weight_decay=(1e-4, 1e-4), warmup_epochs=(0,))
+    rows = tune(tiny_data, out, space, max_trials=4, epochs=1, seed=3, **SETTINGS)
+    assert len(rows) == 4 and all(row["status"] == "COMPLETED" for row in rows)
+    records = _trial_records(out)
+    assert len(records) == 4
+    lengths = set()
+    for row in rows:
+        record = records[f"trial_{row['trial_id']}"]
+        frames = row["hyperparameters"]["frames"]
+        lengths.add(frames)
+        # The trial's training batches had its clip length; R2D's model input is fixed to it.
+        assert record["train_clip_shape"] == [frames, 32, 32, 3]
+        if row["hyperparameters"]["variant"] == "r2d":
+            assert record["input_shape"] == [frames, None, None, 3]
+        assert row["video_top1"] == record["video_top1"] and row["params"] == record["params"]
+        assert row["gflops"] == pytest.approx(record["gflops"])
+    assert lengths == {4, 6}  # the search tried both clip lengths
+    table = _results(out)
+    assert [r["trial_id"] for r in table] == [row["trial_id"] for row in rows]
+    assert [int(r["frames"]) for r in table] == [row["hyperparameters"]["frames"] for row in rows]
+    assert [float(r["video_top1"]) for r in table] == [row["video_top1"] for row in rows]
+    markdown = open(os.path.join(out, "results.md")).read()
+    assert markdown.count("\n") == 2 + 4 and "(Pareto)" in markdown
+    assert os.path.getsize(os.path.join(out, "pareto.png")) > 1000
+    # The best trial's model is saved and exportable.
+    best = max((r for r in rows), key=lambda r: r["score"])
+    assert os.path.isfile(os.path.join(out, "best_model.keras"))
+    record = json.load(open(os.path.join(out, "best_model.keras.json")))
+    assert record["config"]["frames"] == best["hyperparameters"]["frames"]
+    export = subprocess.run([sys.executable, "-m", "keras_r21d", "export", "--model",
+                             os.path.join(out, "best_model.keras"), "--out", str(tmp_path / "serving")],
+                            env=ENV, capture_output=True, text=True, timeout=600)
+    assert export.returncode == 0, export.stderr[-2000:]
+
+
+def test_per_stage_space_and_fixed_values():
+    import keras_tuner as kt
+
+    space = SearchSpace(per_stage=True, depths=(10, 18), frames=(8,), fixed={"depth": 18, "lr": 0.02})
+    hp = kt.HyperParameters()
+    values = space.declare(hp)
+    assert set(values) == {"stem_type", "conv2", "conv3", "conv4", "conv5", "depth", "frames", "width_multiplier",
+                           "lr", "weight_decay", "warmup_epochs"}
+    assert values["depth"] == 18 and values["lr"] == 0.02 and values["frames"] == 8
+    with pytest.raises(ValueError, match="cannot fix"):
+        SearchSpace(fixed={"optimizer": "adam"})
+    with pytest.raises(ValueError, match="unknown variants"):
+        SearchSpace(variants=("r4d",))
+
+
+def _tune_cli(data, out, *extra, env=ENV, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "keras_r21d", "tune", "--data", data, "--out", out, *TUNE_ARGS,
+                             *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(tiny_data, tmp_path):
+    out = str(tmp_path / "search")
+    process = _tune_cli(tiny_data, out, "--max-trials", "4", "--seed", "5")
+    try:
+        _wait_for(lambda: len(_trial_records(out)) >= 2, 400, "two finished trials")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    finished = {name: os.path.getmtime(os.path.join(out, "trials", name, "trial.json"))
+                for name in _trial_records(out)}
+    assert 2 <= len(finished) < 4
+    rerun = _tune_cli(tiny_data, out, "--max-trials", "4", "--seed", "5")
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output[-3000:]
+    records = _trial_records(out)
+    assert len(records) == 4
+    for name, mtime in finished.items():  # finished trials were kept, not run again
+        assert os.path.getmtime(os.path.join(out, "trials", name, "trial.json")) == mtime
+    table = _results(out)
+    assert len(table) == 4 and {r["status"] for r in table} == {"COMPLETED"}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _role_env(role, port):
+    return dict(ENV, KERASTUNER_TUNER_ID=role, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
+
+
+def test_distributed_search_chief_and_two_workers(tiny_data, tmp_path):
+    out = str(tmp_path / "search")
+    port = _free_port()
+    args = ("--distributed", "--max-trials", "4", "--seed", "7", "--trial-timeout-minutes", "5")
+    chief = _tune_cli(tiny_data, out, *args, env=_role_env("chief", port))
+    workers = [_tune_cli(tiny_data, out, *args, env=_role_env(f"tuner{i}", port)) for i in range(2)]
+    try:
+        for worker in workers:
+            output, _ = worker.communicate(timeout=600)
+            assert worker.returncode == 0, output[-3000:]
+        output, _ = chief.communicate(timeout=120)
+        assert chief.returncode == 0, output[-3000:]
+    finally:
+        for process in [chief, *workers]:
+            if process.poll() is None:
+                process.kill()
+    table = _results(out)
+    assert len(table) == 4 and {r["status"] for r in table} == {"COMPLETED"}
+    assert {r["trial_id"] for r in table} == {name.split("_")[1] for name in _trial_records(out)}
+    assert "| trial |" in output  # the chief printed the results table
+
+
+def test_distributed_chief_does_not_wait_forever_for_a_dead_worker(tiny_data, tmp_path):
+    out = str(tmp_path / "search")
+    port = _free_port()
+    args = ("--distributed", "--max-trials", "3", "--seed", "9", "--trial-timeout-minutes", "0.5")
+    chief = _tune_cli(tiny_data, out, *args, env=_role_env("chief", port))
+    doomed = _tune_cli(tiny_data, out, *args, env=_role_env("tuner0", port))
+    try:
+        # Kill the worker as soon as it has started its first trial.
+        _wait_for(lambda: os.path.isdir(os.path.join(out, "trials")) and os.listdir(os.path.join(out, "trials")),
+                  300, "the first trial to start")
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(30)
+        survivor = _tune_cli(tiny_data, out, *args, env=_role_env("tuner1", port))
+        output, _ = survivor.communicate(timeout=600)
+        assert survivor.returncode == 0, output[-3000:]
+        started = time.monotonic()
+        output, _ = chief.communicate(timeout=300)
+        assert chief.returncode == 0, output[-3000:]
+        assert time.monotonic() - started < 120
+    finally:
+        for process in (chief, doomed):
+            if process.poll() is None:
+                process.kill()
+    table = _results(out)
+    statuses = sorted(r["status"] for r in table)
+    assert statuses == ["COMPLETED", "COMPLETED", "FAILED"], table
+    assert "did not finish trial" in output
+
+
+def test_budget_stops_starting_trials(tiny_data, tmp_path):
+    out = str(tmp_path / "search")
+    space = SearchSpace(variants=("fr2d",), depths=(10,), frames=(4,), width_multipliers=(0.125,),
+                        lr=(0.001, 0.1), weight_decay=(1e-4, 1e-4), warmup_epochs=(0,))
+    started = time.monotonic()
+    rows = tune(tiny_data, out, space, max_trials=5, epochs=1, budget_minutes=0.05, **SETTINGS)
+    # The first trial starts within the 3-second budget and takes longer: no second one starts.
+    assert len(rows) == 1 and rows[0]["status"] == "COMPLETED"
+    assert time.monotonic() - started < 120
