@@ -554,10 +554,19 @@ def build_parser():
     g.add_argument("--trial-timeout-minutes", type=float, default=None,
                    help="chief: mark a trial failed when its worker has not finished it after this long")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("bench", help="keras_r21d vs torchvision speed on this machine (see --help after bench)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of tools/bench.py (bench --help)")
     return parser
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own options (tools/bench.py's), parsed there
+        from keras_r21d.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_tensorflow()

@@ -1,0 +1,214 @@
+"""`keras-r21d bench`: keras_r21d against torchvision on this machine, in one run.
+
+Each side runs in a worker process of its own (torch and TensorFlow must not
+share a process), both pinned to the same thread count; the coordinator
+alternates them repetition by repetition so that drift of the machine hits
+both alike, and takes the median after warm-up. FLOPs are 2 x the
+multiply-adds of `model_stats` (x3 for a training step); the fp32 peak is the
+faster of TensorFlow's and PyTorch's 4096^3 GEMM, measured in the same run.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+MODELS = ("r2plus1d_18", "r3d_18", "mc3_18")
+MODES = (("infer", 1), ("infer", 8), ("train", 4))
+
+
+class Worker:
+    """A benchmark worker process speaking one JSON object per line."""
+
+    def __init__(self, command, name):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+        self.name = name
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = self._read()
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} benchmark worker ended unexpectedly (exit {self.process.poll()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"{self.name} worker: {answer['error']}")
+        return answer
+
+    def ask(self, **command):
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.process.poll() is None:
+            try:
+                self.ask(op="exit")
+            except (RuntimeError, BrokenPipeError, ValueError):
+                pass
+            self.process.wait(30)
+
+
+def torch_available():
+    probe = subprocess.run([sys.executable, "-c", "import torch, torchvision"], capture_output=True)
+    return probe.returncode == 0
+
+
+def _workers(threads, with_torch, fresh=False):
+    keras_worker = Worker([sys.executable, "-m", "keras_r21d.bench._keras_worker", str(threads)], "keras")
+    torch_worker = None
+    if with_torch:
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_torch_worker.py")
+        torch_worker = Worker([sys.executable, script, str(threads)], "torch")
+    return keras_worker, torch_worker
+
+
+def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size=112, with_torch=None,
+        pipeline=True, memory=True, log=print):
+    """Runs the benchmark; returns a dict with `rows`, `peak_gflops`, `pipeline`, `memory`, `machine`."""
+    with_torch = torch_available() if with_torch is None else with_torch
+    keras_worker, torch_worker = _workers(threads, with_torch)
+    result = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                          "threads": threads, **keras_worker.info, **(torch_worker.info if torch_worker else {})},
+              "settings": {"reps": reps, "warmup": warmup, "frames": frames, "size": size}, "rows": []}
+    try:
+        peaks = [keras_worker.ask(op="gemm", n=4096, reps=5)["gflops"]]
+        if torch_worker:
+            peaks.append(torch_worker.ask(op="gemm", n=4096, reps=5)["gflops"])
+        result["peak_gflops"] = max(peaks)
+        result["gemm_gflops"] = {"tensorflow": peaks[0], "torch": peaks[1] if torch_worker else None}
+        log(f"fp32 GEMM peak: {result['peak_gflops']:.0f} GFLOP/s (TensorFlow {peaks[0]:.0f}"
+            + (f", PyTorch {peaks[1]:.0f})" if torch_worker else ")"))
+        for model in models:
+            for mode, batch in modes:
+                setup = dict(op="setup", model=model, mode=mode, batch=batch, frames=frames, size=size)
+                stats = keras_worker.ask(**setup)
+                sides = [("keras_r21d", keras_worker)] + ([("torchvision", torch_worker)] if torch_worker else [])
+                if torch_worker:
+                    torch_worker.ask(**setup)
+                times = {name: [] for name, _ in sides}
+                for rep in range(warmup + reps):
+                    for name, worker in (sides if rep % 2 == 0 else sides[::-1]):
+                        seconds = worker.ask(op="run")["seconds"]
+                        if rep >= warmup:
+                            times[name].append(seconds)
+                flops = 2 * stats["macs"] * (3 if mode == "train" else 1)
+                row = {"model": model, "mode": mode, "batch": batch}
+                for name, _ in sides:
+                    median = statistics.median(times[name])
+                    row[name] = {"median_s": median, "clips_per_s": batch / median,
+                                 "gflops_per_s": flops * batch / median / 1e9,
+                                 "peak_fraction": flops * batch / median / 1e9 / result["peak_gflops"]}
+                if torch_worker:
+                    row["ratio"] = row["keras_r21d"]["clips_per_s"] / row["torchvision"]["clips_per_s"]
+                result["rows"].append(row)
+                log(_row_text(row))
+    finally:
+        keras_worker.close()
+        if torch_worker:
+            torch_worker.close()
+    if memory:
+        result["memory"] = _memory(threads, frames, size, with_torch)
+        log(f"peak RSS, R(2+1)D-18 training step at batch 8: {result['memory']}")
+    if pipeline:
+        keras_worker, _ = _workers(threads, False)
+        try:
+            result["pipeline"] = keras_worker.ask(op="pipeline", videos=16, video_frames=150, frames=frames,
+                                                  size=size, batch=8, steps=12)
+        finally:
+            keras_worker.close()
+        log(f"input pipeline: {result['pipeline']['clips_per_second']:.1f} training clips/s")
+    return result
+
+
+def _memory(threads, frames, size, with_torch):
+    """Peak RSS (MB) of a fresh process that builds R(2+1)D-18 and runs training steps at batch 8."""
+    memory = {}
+    for name in ("keras_r21d", "torchvision") if with_torch else ("keras_r21d",):
+        keras_worker, torch_worker = _workers(threads, name == "torchvision")
+        worker = torch_worker if name == "torchvision" else keras_worker
+        try:
+            worker.ask(op="setup", model="r2plus1d_18", mode="train", batch=8, frames=frames, size=size)
+            for _ in range(2):
+                worker.ask(op="run")
+            memory[name] = round(worker.ask(op="memory")["max_rss_mb"])
+        finally:
+            keras_worker.close()
+            if torch_worker:
+                torch_worker.close()
+    return memory
+
+
+def _row_text(row):
+    keras_side = row["keras_r21d"]
+    text = (f"| {row['model']} | {row['mode']} | {row['batch']} | {keras_side['clips_per_s']:.2f} | "
+            f"{keras_side['gflops_per_s']:.0f} ({100 * keras_side['peak_fraction']:.0f}%) |")
+    if "torchvision" in row:
+        torch_side = row["torchvision"]
+        text += (f" {torch_side['clips_per_s']:.2f} | {torch_side['gflops_per_s']:.0f} "
+                 f"({100 * torch_side['peak_fraction']:.0f}%) | {row['ratio']:.2f} |")
+    return text
+
+
+def markdown(result):
+    torch_side = any("torchvision" in row for row in result["rows"])
+    machine = result["machine"]
+    lines = [f"{machine['processor']}, {machine['cpus']} CPUs, {machine['threads']} threads each side; "
+             f"TensorFlow {machine.get('tensorflow')}, Keras {machine.get('keras')}"
+             + (f", PyTorch {machine.get('torch')}, torchvision {machine.get('torchvision')}" if torch_side else "")
+             + f"; {result['settings']['frames']}x{result['settings']['size']}x{result['settings']['size']} clips; "
+             f"median of {result['settings']['reps']} after {result['settings']['warmup']} warm-up, alternating; "
+             f"fp32 peak (GEMM) {result['peak_gflops']:.0f} GFLOP/s", ""]
+    header = "| model | mode | batch | keras_r21d clips/s | keras GFLOP/s (% peak) |"
+    rule = "|---|---|---:|---:|---:|"
+    if torch_side:
+        header += " torchvision clips/s | torchvision GFLOP/s (% peak) | keras / torchvision |"
+        rule += "---:|---:|---:|"
+    lines += [header, rule] + [_row_text(row) for row in result["rows"]]
+    if "memory" in result:
+        lines += ["", "Peak RSS, R(2+1)D-18 training step at batch 8 (MB): "
+                  + ", ".join(f"{k} {v}" for k, v in result["memory"].items())]
+    if "pipeline" in result:
+        train_rows = [r for r in result["rows"] if r["model"] == "r2plus1d_18" and r["mode"] == "train"]
+        pipe = result["pipeline"]["clips_per_second"]
+        text = f"Input pipeline: {pipe:.1f} training clips/s from {result['pipeline']['videos']} encoded videos"
+        if train_rows:
+            step = train_rows[0]["keras_r21d"]["clips_per_s"]
+            text += f", {pipe / step:.0f}x the R(2+1)D-18 training step's {step:.2f} clips/s"
+        lines += ["", text]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="keras-r21d bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--modes", default="infer1,infer8,train4", help="comma-separated MODEBATCH")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--no-torch", action="store_true", help="keras_r21d only")
+    parser.add_argument("--no-pipeline", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    modes = []
+    for item in args.modes.split(","):
+        mode = item.rstrip("0123456789")
+        if mode not in ("infer", "train") or mode == item:
+            parser.error(f"--modes: expected e.g. infer1,infer8,train4. Received: {item!r}")
+        modes.append((mode, int(item[len(mode):])))
+    result = run(models=tuple(args.models.split(",")), modes=tuple(modes), reps=args.reps, warmup=args.warmup,
+                 threads=args.threads, frames=args.frames, size=args.size,
+                 with_torch=False if args.no_torch else None, pipeline=not args.no_pipeline,
+                 memory=not args.no_memory, log=lambda text: print(text, file=sys.stderr, flush=True))
+    print(markdown(result), end="")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0

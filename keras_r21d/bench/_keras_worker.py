@@ -1,0 +1,89 @@
+"""keras_r21d side of `keras-r21d bench`: the protocol of `_protocol.py`, as `_torch_worker.py`.
+
+    python -m keras_r21d.bench._keras_worker THREADS
+
+Extra commands: `setup` takes `implementation`; `pipeline` times the
+training input pipeline on real encoded videos.
+"""
+
+import functools
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _pipeline(command):
+    """Training clips/s of `train_dataset` over freshly written 320x240 videos."""
+    import cv2
+    import numpy as np
+
+    from keras_r21d.data import ClipConfig, load_dataset, train_dataset
+    from keras_r21d.data.synthetic import write_video
+
+    folder = tempfile.mkdtemp(prefix="keras_r21d_bench_")
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        os.makedirs(os.path.join(folder, label))
+        for index in range(command["videos"] // 2):
+            # A textured scene panning sideways: compresses like camera footage, unlike noise.
+            texture = cv2.resize(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), (320, 240))
+            frames = np.stack([np.roll(texture, 3 * t, axis=1) for t in range(command["video_frames"])])
+            write_video(os.path.join(folder, label, f"v{index}.avi"), frames, fps=30)
+    dataset = load_dataset(f"folder:{folder}", "train")
+    config = ClipConfig(clip_len=command["frames"], crop=command["size"])
+    batches = train_dataset(dataset, command["batch"], config, seed=0, repeat=True)
+    iterator = iter(batches)
+    for _ in range(2):
+        next(iterator)
+    start = time.perf_counter()
+    count = 0
+    for _ in range(command["steps"]):
+        clips, _ = next(iterator)
+        count += int(clips.shape[0])
+    return {"clips_per_second": count / (time.perf_counter() - start), "videos": len(dataset.paths)}
+
+
+def main(threads):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras_r21d
+    from keras_r21d.bench._protocol import serve
+
+    def setup(command):
+        keras.backend.clear_session()
+        shape = (command["frames"], command["size"], command["size"], 3)
+        model = keras_r21d.get_model(command["model"], input_shape=shape, classes=400, midplanes="torchvision",
+                                     implementation=command.get("implementation", "auto"))
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((command["batch"], *shape)).astype("float32")
+        y = rng.integers(0, 400, command["batch"])
+        if command["mode"] == "infer":
+            forward = tf.function(functools.partial(model, training=False))
+
+            def run():
+                forward(x).numpy()
+        else:
+            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
+
+            def run():
+                model.train_on_batch(x, y)
+
+        stats = keras_r21d.model_stats(model)
+        return run, {"ok": True, "macs": stats["macs"], "trainable_params": stats["trainable_params"]}
+
+    def gemm(n):
+        a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
+        return lambda: tf.linalg.matmul(a, b).numpy()
+
+    serve({"tensorflow": tf.__version__, "keras": keras.__version__}, setup, gemm, {"pipeline": _pipeline})
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2)

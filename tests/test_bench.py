@@ -1,0 +1,30 @@
+"""`keras-r21d bench` end to end at a toy size: both workers, the table, the JSON."""
+
+import json
+import subprocess
+import sys
+
+from keras_r21d.bench import markdown, torch_available
+
+
+def test_bench_runs_both_sides_and_reports(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_r21d", "bench", "--models", "r2plus1d_18", "--modes", "infer1,train1",
+         "--reps", "2", "--warmup", "1", "--frames", "4", "--size", "32", "--json", str(out)],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert [(r["model"], r["mode"], r["batch"]) for r in data["rows"]] == [("r2plus1d_18", "infer", 1),
+                                                                         ("r2plus1d_18", "train", 1)]
+    assert data["peak_gflops"] > 1 and data["pipeline"]["clips_per_second"] > 0
+    assert data["memory"]["keras_r21d"] > 100
+    for row in data["rows"]:
+        keras_side = row["keras_r21d"]
+        assert keras_side["clips_per_s"] == row["batch"] / keras_side["median_s"]
+        assert 0 < keras_side["peak_fraction"] < 2
+        if torch_available():
+            assert row["ratio"] == keras_side["clips_per_s"] / row["torchvision"]["clips_per_s"]
+    assert ("torchvision" in data["rows"][0]) == torch_available()
+    assert result.stdout == markdown(data)
+    assert "| r2plus1d_18 | train | 1 |" in result.stdout and "Input pipeline:" in result.stdout
