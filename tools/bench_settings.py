@@ -1,0 +1,58 @@
+"""A/B of keras_r21d settings in one run: `python tools/bench_settings.py MODEL MODE BATCH [CONFIGS]`.
+
+Each configuration gets its own `keras-r21d bench` worker process (so that
+process-wide switches such as `TF_ENABLE_ONEDNN_OPTS` apply), the
+configurations run alternately rep by rep, and the median of 5 timed reps
+after one warm-up is printed. Configurations: `default`, `onednn_off`
+(`TF_ENABLE_ONEDNN_OPTS=0`), `conv3d` (`implementation="conv3d"`); CONFIGS is
+a comma-separated subset.
+
+    python tools/bench_settings.py r2plus1d_18 train 4
+    python tools/bench_settings.py r3d_18 train 4 default,onednn_off
+"""
+
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from keras_r21d.bench import Worker  # noqa: E402
+
+CONFIGS = {
+    "default": ({}, "auto"),
+    "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "auto"),
+    "conv3d": ({}, "conv3d"),
+}
+
+
+def main(argv):
+    model, mode, batch = argv[0], argv[1], int(argv[2])
+    names = argv[3].split(",") if len(argv) > 3 else list(CONFIGS)
+    workers = {}
+    for name in names:
+        env, implementation = CONFIGS[name]
+        saved = dict(os.environ)
+        os.environ.update(env)
+        try:
+            workers[name] = Worker([sys.executable, "-m", "keras_r21d.bench._keras_worker", "2"], name)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        workers[name].ask(op="setup", model=model, mode=mode, batch=batch, frames=16, size=112,
+                          implementation=implementation)
+    times = {name: [] for name in workers}
+    for rep in range(6):
+        for name, worker in workers.items():
+            seconds = worker.ask(op="run")["seconds"]
+            if rep:
+                times[name].append(seconds)
+    for name, worker in workers.items():
+        median = statistics.median(times[name])
+        print(f"{model} {mode} batch {batch} {name}: {batch / median:.3f} clips/s ({median:.2f} s)")
+        worker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
