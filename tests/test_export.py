@@ -437,7 +437,7 @@ def test_cli_predict_reports_a_bad_video_and_a_bad_model(run_dir, videos, tmp_pa
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"PK not a zip")
     result = _cli("predict", "--model", str(junk), videos["short"], check=False)
-    assert result.returncode == 2 and f"cannot load model {junk}" in result.stderr
+    assert result.returncode == 2 and f"{junk}: not a .keras file" in result.stderr
     result = _cli("export", "--model", str(run_dir / "model.keras"), "--format", "tflite",
                   "--out", str(tmp_path / "x.tflite"), "--quantization", "int8", check=False)
     assert result.returncode == 2 and "needs --calibration-data" in result.stderr

@@ -175,17 +175,17 @@ def export_saved_model(model, export_dir, version=None, class_names=None, clip_c
         raise ValueError(f"{final} already exists: pick another version or pass overwrite=True (--overwrite)")
 
     serve, classify_video, extract, table = _serving_fns(model, config, class_names, top_k, max_video_pixels)
-    clips = clip_spec(model, config.clip_len)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.track(table)
-    archive.add_endpoint("serving_default", serve, input_signature=[clips])
-    archive.add_endpoint("classify_video", classify_video,
-                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="frames")])
-    archive.add_endpoint("extract_features", extract, input_signature=[clips])
-
-    staging = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{version}-", dir=export_dir)
+    staging = None
     try:
+        clips = clip_spec(model, config.clip_len)
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.track(table)
+        archive.add_endpoint("serving_default", serve, input_signature=[clips])
+        archive.add_endpoint("classify_video", classify_video,
+                             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="frames")])
+        archive.add_endpoint("extract_features", extract, input_signature=[clips])
+        staging = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{version}-", dir=export_dir)
         archive.write_out(staging, verbose=False)
         extra = os.path.join(staging, "assets.extra")
         os.makedirs(extra, exist_ok=True)
@@ -211,7 +211,8 @@ def export_saved_model(model, export_dir, version=None, class_names=None, clip_c
         # TF Serving picks up a version directory as soon as it appears: it must appear complete.
         os.replace(staging, final)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(table._keras_r21d_tmp, ignore_errors=True)
     return report
 

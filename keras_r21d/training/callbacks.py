@@ -102,8 +102,10 @@ def load_checkpoint(checkpoint_dir):
     path = os.path.join(checkpoint_dir, os.path.basename(state["checkpoint"]))
     if not os.path.isfile(path):
         raise ResumeError(f"cannot resume: checkpoint {path} named in {STATE_FILE} is missing")
+    from keras_r21d.model_files import load_keras_model
+
     try:
-        model = keras.models.load_model(path, safe_mode=True)
+        model = load_keras_model(path)
     except Exception as error:  # noqa: BLE001 - zip, h5 and config errors all mean "corrupt"
         raise ResumeError(
             f"cannot resume: checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}); "

@@ -149,15 +149,10 @@ def test_clip_config(model, record=None, clips=10, frames=None, size=None):
 
 
 def load_model(path):
-    """Loads a `.keras` model with Keras' `safe_mode` on; errors name the file."""
-    import keras
+    """Loads a `.keras` model with Keras' `safe_mode` on, after archive checks; errors name the file."""
+    from keras_r21d.model_files import load_keras_model
 
-    if not os.path.isfile(path):
-        raise ValueError(f"model file not found: {path}")
-    try:
-        return keras.models.load_model(path, safe_mode=True)
-    except Exception as error:  # noqa: BLE001 - report any failure with the file's name
-        raise ValueError(f"cannot load model {path}: {type(error).__name__}: {error}") from None
+    return load_keras_model(path)
 
 
 def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_dir=None):
