@@ -288,12 +288,12 @@ def cmd_extract(args):
 
 
 def cmd_convert(args):
-    import hashlib
     import re
 
     from keras_r21d.models.registry import get_model, parse_model_name
     from keras_r21d.training.io import atomic_save_model, atomic_write_text
     from keras_r21d.weights import PREPROCESSING, class_names, convert_state_dict, load_torch_checkpoint
+    from keras_r21d.weights.presets import sha256_of
 
     if os.path.exists(args.out) and not args.overwrite:
         raise ValueError(f"{args.out} exists: pass --overwrite to replace it")
@@ -311,8 +311,7 @@ def cmd_convert(args):
     model = get_model(args.arch, input_shape=shape, classes=classes, midplanes=midplanes)
     convert_state_dict(state, model, args.checkpoint)
     atomic_save_model(model, args.out)
-    with open(args.checkpoint, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = sha256_of(args.checkpoint)
     record = {
         "config": {"arch": variant, "frames": frames, "size": PREPROCESSING["crop"],
                    "frame_stride": PREPROCESSING["frame_stride"], "resize_to": PREPROCESSING["resize"]},

@@ -11,6 +11,15 @@ MOTION_RECIPE = dict(arch="r2plus1d", depth=10, frames=8, size=48, resize_to=(48
                      frame_stride=2, flip=False, test_clips=5, val_freq=100, tensorboard=False)
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def random_clip(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 

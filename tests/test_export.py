@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from keras_r21d.export.tflite import interpreter, run_tflite
 from keras_r21d.serving.client import Client, ServingError, Unavailable
 from keras_r21d.training.evaluation import evaluate_model, video_predictions
 from tests.serving_standin import GrpcStandIn, RestStandIn
+from tests.test_case import free_port
 from tests.videos import moving_frames, write_opencv
 
 CLASSES = ["walk", "run", "jump", "wave"]
@@ -261,12 +261,6 @@ def test_tflite_quantized_exports_run(model, tflite_r21d, tmp_path):
 # -- the serving client ----------------------------------------------------------------------------------
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("rest_format", ["inputs", "instances"])
 def test_rest_client_against_the_standin(exported, loaded, videos, rest_format):
     frames = read_video(videos["long"])
@@ -304,7 +298,7 @@ def test_rest_client_retries_unavailable_then_gives_up(exported):
             Client(server.url, model_name="r21d", retries=1, backoff=0.01).predict(clips)
     start = time.monotonic()
     with pytest.raises(Unavailable, match="after 3 attempts"):
-        Client(f"http://127.0.0.1:{_free_port()}", retries=2, backoff=0.05, timeout=2).predict(clips)
+        Client(f"http://127.0.0.1:{free_port()}", retries=2, backoff=0.05, timeout=2).predict(clips)
     assert time.monotonic() - start < 10
 
 
@@ -337,7 +331,7 @@ def test_grpc_client_against_the_standin(exported, loaded, videos):
             with pytest.raises(ServingError, match="message too large"):
                 client.classify_video(long_video[:100])
     with pytest.raises(Unavailable, match="after 2 attempts"):
-        Client(f"127.0.0.1:{_free_port()}", retries=1, backoff=0.01, timeout=2).predict(clips)
+        Client(f"127.0.0.1:{free_port()}", retries=1, backoff=0.01, timeout=2).predict(clips)
 
 
 def test_client_messages_are_wire_compatible_with_tensorflow_serving_api():
@@ -367,7 +361,7 @@ def test_client_messages_are_wire_compatible_with_tensorflow_serving_api():
                            "Google's apt repository or a Bazel build)")
 def test_live_tf_serving(exported, tmp_path):
     base = os.path.dirname(exported[1]["path"])
-    grpc_port, rest_port = _free_port(), _free_port()
+    grpc_port, rest_port = free_port(), free_port()
     server = subprocess.Popen(["tensorflow_model_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
                                "--model_name=r21d", f"--model_base_path={base}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,7 +1,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import keras_r21d
 from keras_r21d.data import ClipConfig, load_dataset, make_synthetic_dataset
 from keras_r21d.training import ResumeError, TrainConfig, compute_metrics, load_checkpoint, predict_clips, train
 from keras_r21d.training.recipe import WarmupSchedule
+from tests.test_case import free_port
 
 HERE = os.path.dirname(__file__)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CI": "1"}
@@ -87,12 +87,6 @@ def test_reaches_clearly_above_chance(motion_run):
     assert report["video_top1"] >= 1.6 * chance, report
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cli(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "keras_r21d", *args], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
@@ -160,7 +154,7 @@ def _worker_env(ports, index):
 
 
 def _start_workers(data, tmp_path, extra=None):
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     processes = []
     for index in range(2):
         args = [sys.executable, os.path.join(HERE, "workers", "train_worker.py"), data, str(tmp_path / "run"),

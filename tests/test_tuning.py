@@ -4,7 +4,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pytest
 
 from keras_r21d.data import make_synthetic_dataset
 from keras_r21d.tuning import SearchSpace, tune
+from tests.test_case import free_port
 
 SETTINGS = dict(size=32, batch_size=4, test_clips=2, flip=False)
 TUNE_ARGS = ["--variants", "fr2d,r2plus1d,r2d", "--depth", "10", "--clip-lengths", "4,6", "--width-multiplier",
@@ -132,19 +132,13 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tiny_data, tmp_
     assert len(table) == 4 and {r["status"] for r in table} == {"COMPLETED"}
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _role_env(role, port):
     return dict(ENV, KERASTUNER_TUNER_ID=role, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
 
 
 def test_distributed_search_chief_and_two_workers(tiny_data, tmp_path):
     out = str(tmp_path / "search")
-    port = _free_port()
+    port = free_port()
     args = ("--distributed", "--max-trials", "4", "--seed", "7", "--trial-timeout-minutes", "5")
     chief = _tune_cli(tiny_data, out, *args, env=_role_env("chief", port))
     workers = [_tune_cli(tiny_data, out, *args, env=_role_env(f"tuner{i}", port)) for i in range(2)]
@@ -166,7 +160,7 @@ def test_distributed_search_chief_and_two_workers(tiny_data, tmp_path):
 
 def test_distributed_chief_does_not_wait_forever_for_a_dead_worker(tiny_data, tmp_path):
     out = str(tmp_path / "search")
-    port = _free_port()
+    port = free_port()
     args = ("--distributed", "--max-trials", "3", "--seed", "9", "--trial-timeout-minutes", "0.5")
     chief = _tune_cli(tiny_data, out, *args, env=_role_env("chief", port))
     doomed = _tune_cli(tiny_data, out, *args, env=_role_env("tuner0", port))

@@ -11,24 +11,12 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-
-def _median_seconds(function, repeats, warmup=1):
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -48,6 +36,7 @@ def main(argv=None):
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras_r21d
+    from keras_r21d.bench._protocol import timed_median
     from keras_r21d.data.pipeline import ClipConfig
     from keras_r21d.data.transforms import resize_for_crop
     from keras_r21d.export import export_saved_model, export_tflite
@@ -59,7 +48,7 @@ def main(argv=None):
     clip = np.random.default_rng(0).normal(size=(1, *shape)).astype("float32")
     rows = []
     forward = tf.function(lambda x: model(x, training=False))
-    seconds = _median_seconds(lambda: forward(clip).numpy(), args.repeats)
+    seconds = timed_median(lambda: forward(clip).numpy(), args.repeats)
     rows.append({"what": "Keras (TensorFlow) inference, batch 1", "seconds": seconds})
 
     with tempfile.TemporaryDirectory() as folder:
@@ -76,7 +65,7 @@ def main(argv=None):
                     runner.set_tensor(index, clip)
                     runner.invoke()
 
-                seconds = _median_seconds(invoke, args.repeats)
+                seconds = timed_median(invoke, args.repeats)
                 rows.append({
                     "what": f"{label}, {'XNNPACK' if delegates else 'builtin kernels'}",
                     "seconds": seconds, "conv3d_ops": report["ops"].get("CONV_3D", 0),
@@ -92,7 +81,7 @@ def main(argv=None):
         classify = loaded.signatures["classify_video"]
         frames = int(round(args.video_seconds * 30))
         video = tf.constant(np.random.default_rng(1).integers(0, 256, (frames, 240, 320, 3), dtype=np.uint8))
-        seconds = _median_seconds(lambda: classify(frames=video)["probabilities"].numpy(), max(3, args.repeats // 2))
+        seconds = timed_median(lambda: classify(frames=video)["probabilities"].numpy(), max(3, args.repeats // 2))
         rows.append({"what": f"SavedModel classify_video, {args.video_seconds:g} s 320x240 at 30 fps "
                              f"({frames} frames, 10 clips)", "seconds": seconds,
                      "export_seconds": round(export_seconds, 1)})

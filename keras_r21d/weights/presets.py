@@ -116,7 +116,8 @@ def cache_dir(cache_dir=None):
     return os.environ.get("KERAS_R21D_CACHE") or os.path.join(os.path.expanduser("~"), ".keras", "keras_r21d")
 
 
-def _sha256(path):
+def sha256_of(path):
+    """The hex SHA-256 of a file."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -138,7 +139,7 @@ def download(url, expected_sha256=None, folder=None):
     except Exception as error:  # noqa: BLE001 - network errors come in many types
         raise ValueError(f"cannot download {url}: {type(error).__name__}: {error}") from None
     if expected_sha256:
-        actual = _sha256(path)
+        actual = sha256_of(path)
         if not actual.startswith(expected_sha256.lower()):
             size = os.path.getsize(path)
             os.remove(path)
