@@ -39,7 +39,8 @@ class ExportError(RuntimeError):
     """An export that failed its parity check or could not be written."""
 
 
-def _check_class_names(class_names, num_classes):
+def check_class_names(class_names, num_classes):
+    """The class names as strings (default `class_0`, ...): one per class, each a non-empty single line."""
     if class_names is None:
         return [f"class_{i}" for i in range(num_classes)]
     class_names = [str(name) for name in class_names]
@@ -164,7 +165,7 @@ def export_saved_model(model, export_dir, version=None, class_names=None, clip_c
 
     config = clip_config or test_clip_config(model)
     num_classes = int(model.output_shape[-1])
-    class_names = _check_class_names(class_names, num_classes)
+    class_names = check_class_names(class_names, num_classes)
     top_k = max(1, min(int(top_k), num_classes))
     os.makedirs(export_dir, exist_ok=True)
     version = _next_version(export_dir) if version is None else int(version)

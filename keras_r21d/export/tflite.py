@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_r21d.export import graph
-from keras_r21d.export.saved_model import ExportError, _config_dict, check_clip_shape
+from keras_r21d.export.saved_model import ExportError, _config_dict, check_class_names, check_clip_shape
 from keras_r21d.training.io import atomic_write_bytes, atomic_write_text
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -128,14 +128,13 @@ def export_tflite(model, path, quantization=None, representative_data=None, impl
         raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}. Received: {quantization!r}")
     if quantization == "int8" and representative_data is None:
         raise ValueError("int8 quantization needs `representative_data`: normalized clips to calibrate on")
+    if class_names is not None:
+        class_names = check_class_names(class_names, int(model.output_shape[-1]))
     config = clip_config or test_clip_config(model)
     shape = check_clip_shape(model, config)
     if implementation != "auto":
         model = graph.with_implementation(model, implementation)
     probabilities = graph.probabilities_fn(model)
-    num_classes = int(model.output_shape[-1])
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names for a model with {num_classes} classes")
 
     with tempfile.TemporaryDirectory(prefix="keras_r21d_tflite_") as staging:
         archive = keras.export.ExportArchive()

@@ -54,10 +54,6 @@ class Preset:
     labels: str = None
     video_top1: float = None
 
-    @property
-    def filename(self):
-        return self.url.rsplit("/", 1)[-1]
-
     def clip_config(self, test_clips=10):
         """The `ClipConfig` this checkpoint expects (for `eval_dataset`, `export_saved_model`, ...)."""
         from keras_r21d.data.pipeline import ClipConfig
