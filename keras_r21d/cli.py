@@ -101,7 +101,8 @@ def cmd_check_videos(args):
         seen.update(dataset.paths)
         if fresh:
             progress = _Progress(f"checking {subset}")
-            results += check_videos(dataset.subset(fresh), args.frames, args.stride, args.timeout, progress=progress)
+            results += check_videos(dataset.subset(fresh), args.frames, args.stride, args.timeout, progress=progress,
+                                   isolate=not args.in_process)
     bad = [r for r in results if not r["ok"]]
     if args.json:
         print(json.dumps({"checked": len(results), "bad": len(bad), "videos": results}, indent=2))
@@ -396,6 +397,9 @@ def build_parser():
     p.add_argument("--frames", type=int, default=16, help="clip length a video must cover (default 16)")
     p.add_argument("--stride", type=int, default=1, help="frame stride (default 1)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per video (default 60)")
+    p.add_argument("--in-process", action="store_true",
+                   help="decode in this process (default: in a worker process, so a file that crashes or hangs "
+                        "the decoder is reported and the scan goes on)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a report")
     p.set_defaults(func=cmd_check_videos)
 

@@ -38,7 +38,7 @@ def _saved_model_dir(path):
     """A SavedModel directory, or the highest numbered version under a TF Serving base directory."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
-    versions = sorted((int(n) for n in os.listdir(path) if n.isdigit()), reverse=True) if os.path.isdir(path) else []
+    versions = sorted((int(n) for n in os.listdir(path) if n.isdecimal()), reverse=True) if os.path.isdir(path) else []
     for version in versions:
         candidate = os.path.join(path, str(version))
         if os.path.isfile(os.path.join(candidate, "saved_model.pb")):

@@ -1,6 +1,7 @@
 """Scanning a dataset for videos that cannot be used."""
 
 from keras_r21d.data import sampling
+from keras_r21d.data.isolated import IsolatedDecoder
 from keras_r21d.data.video import VideoDecodeError, decode_clip, run_with_timeout
 
 
@@ -16,6 +17,10 @@ def check_video(path, clip_len=16, frame_stride=1, timeout=60.0):
         return {"path": str(path), "ok": False, "frames": None, "reason": error.reason}
     except Exception as error:  # noqa: BLE001 - OpenCV raises cv2.error and others
         return {"path": str(path), "ok": False, "frames": None, "reason": f"{type(error).__name__}: {error}"}
+    return _judge(path, frames, clip_len, frame_stride)
+
+
+def _judge(path, frames, clip_len, frame_stride):
     if sampling.too_short(frames, clip_len, frame_stride):
         span = sampling.clip_span(clip_len, frame_stride)
         return {"path": str(path), "ok": False, "frames": frames,
@@ -23,14 +28,29 @@ def check_video(path, clip_len=16, frame_stride=1, timeout=60.0):
     return {"path": str(path), "ok": True, "frames": frames, "reason": None}
 
 
-def check_videos(dataset, clip_len=16, frame_stride=1, timeout=60.0, progress=None):
+def check_videos(dataset, clip_len=16, frame_stride=1, timeout=60.0, progress=None, isolate=False):
     """Checks every video of a `VideoDataset`; `progress(done, total)` is called after each.
+
+    With `isolate=True` each file is decoded in a worker process
+    (`IsolatedDecoder`): a file that crashes or hangs the native decoder is
+    reported ("decoder crashed (signal ...)", "decoding timed out") and the
+    scan goes on; a hung decode is killed instead of abandoned in a thread.
 
     Returns a list of `check_video` results, in dataset order.
     """
     results = []
-    for i, path in enumerate(dataset.paths):
-        results.append(check_video(path, clip_len, frame_stride, timeout))
-        if progress is not None:
-            progress(i + 1, len(dataset.paths))
+    decoder = IsolatedDecoder(timeout) if isolate else None
+    try:
+        for i, path in enumerate(dataset.paths):
+            if decoder is None:
+                results.append(check_video(path, clip_len, frame_stride, timeout))
+            else:
+                answer = decoder.decode(path)
+                results.append(_judge(path, answer["frames"], clip_len, frame_stride) if answer["ok"] else
+                               {"path": str(path), "ok": False, "frames": None, "reason": answer["reason"]})
+            if progress is not None:
+                progress(i + 1, len(dataset.paths))
+    finally:
+        if decoder is not None:
+            decoder.close()
     return results

@@ -56,6 +56,8 @@ class VideoDataset:
 
 def _inside(root, relative, list_file, line, allow_outside):
     """Joins `relative` to `root`, refusing paths that leave it unless allowed."""
+    if "\x00" in relative:
+        raise DatasetFormatError(list_file, line, f"path {relative!r} contains a NUL character")
     if os.path.isabs(relative) and not allow_outside:
         raise DatasetFormatError(list_file, line, f"absolute path {relative!r} is not allowed (allow_outside=True)")
     path = os.path.normpath(os.path.join(root, relative))
@@ -70,8 +72,10 @@ def _inside(root, relative, list_file, line, allow_outside):
 
 def _read_lines(path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
+        with open(path, encoding="utf-8", newline="") as f:
+            # Lines end at "\n" (or "\r\n") only, so FILE:LINE is the line an editor shows
+            # (str.splitlines would also split at \f, \x1c, \u2028, ...).
+            return f.read().replace("\r\n", "\n").split("\n")
     except FileNotFoundError:
         raise DatasetFormatError(path, None, "file not found") from None
     except UnicodeDecodeError as error:
@@ -109,7 +113,7 @@ def load_ucf101(root, subset="train", split=1, missing="error", allow_outside=Fa
         if not raw.strip():
             continue
         parts = raw.split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not parts[0].isdecimal():
             raise DatasetFormatError(class_file, number, f"expected '<index> <ClassName>', got {raw!r}")
         if int(parts[0]) != len(class_names) + 1:
             raise DatasetFormatError(class_file, number, f"class index {parts[0]} out of order")
@@ -132,7 +136,7 @@ def load_ucf101(root, subset="train", split=1, missing="error", allow_outside=Fa
             raise DatasetFormatError(list_file, number, f"unknown class {class_name!r} (not in {class_file})")
         label = class_index[class_name]
         if len(parts) == 2:
-            if not parts[1].isdigit() or int(parts[1]) - 1 != label:
+            if not parts[1].isdecimal() or int(parts[1]) - 1 != label:
                 raise DatasetFormatError(
                     list_file, number, f"label {parts[1]!r} does not match class {class_name!r} ({label + 1})"
                 )
@@ -215,6 +219,16 @@ def load_kinetics(root, subset="train", split=None, missing="skip", allow_outsid
     return paths, labels, class_names, skipped
 
 
+def _csv_records(path, lines):
+    """`(line_number, fields)` of each line after the header; a line the csv module rejects names its line."""
+    for number, line in enumerate(lines[1:], 2):
+        try:
+            records = list(csv.reader([line], strict=True))
+        except csv.Error as error:
+            raise DatasetFormatError(path, number, f"bad CSV line ({error})") from None
+        yield number, records[0] if records else []
+
+
 def _kinetics_rows(csv_file):
     lines = _read_lines(csv_file)
     if not lines:
@@ -224,7 +238,7 @@ def _kinetics_rows(csv_file):
     if any(h not in header for h in needed):
         raise DatasetFormatError(csv_file, 1, f"header must have columns {needed}, got {header}")
     rows = []
-    for number, record in enumerate(csv.reader(lines[1:]), 2):
+    for number, record in _csv_records(csv_file, lines):
         if not record:
             continue
         if len(record) < len(header) - (1 if header[-1] == "is_cc" else 0):
@@ -232,7 +246,7 @@ def _kinetics_rows(csv_file):
         item = dict(zip(header, record))
         try:
             start, end = int(float(item["time_start"])), int(float(item["time_end"]))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, nan, inf
             times = f"{item['time_start']!r}, {item['time_end']!r}"
             raise DatasetFormatError(csv_file, number, f"time_start/time_end must be numbers, got {times}") from None
         youtube_id = item["youtube_id"].strip()
@@ -278,7 +292,7 @@ def load_csv(path, subset="train", split=None, missing="error", allow_outside=Fa
     header = [h.strip() for h in lines[0].split(",")]
     root = os.path.dirname(os.path.abspath(path))
     records = []
-    for number, record in enumerate(csv.reader(lines[1:]), 2):
+    for number, record in _csv_records(path, lines):
         if not record or not any(field.strip() for field in record):
             continue
         if len(record) != len(header):

@@ -53,7 +53,7 @@ def check_class_names(class_names, num_classes):
 
 
 def _next_version(base_dir):
-    versions = [int(name) for name in os.listdir(base_dir) if name.isdigit()] if os.path.isdir(base_dir) else []
+    versions = [int(name) for name in os.listdir(base_dir) if name.isdecimal()] if os.path.isdir(base_dir) else []
     return max(versions, default=0) + 1
 
 

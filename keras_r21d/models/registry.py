@@ -19,7 +19,7 @@ def list_models(variant=None):
 def parse_model_name(name):
     """Splits `"r2plus1d_34"` into `("r2plus1d", 34)`, or raises a `ValueError`."""
     variant, _, depth = str(name).lower().rpartition("_")
-    if variant not in VARIANTS or not depth.isdigit() or int(depth) not in DEPTHS:
+    if variant not in VARIANTS or not depth.isdecimal() or int(depth) not in DEPTHS:
         raise ValueError(
             f"Unknown model name {name!r}: expected '<variant>_<depth>' with variant in {sorted(VARIANTS)} "
             f"and depth in {sorted(DEPTHS)}, e.g. 'r2plus1d_18'."
