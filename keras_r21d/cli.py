@@ -10,43 +10,20 @@ def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _models_table(args):
-    from keras_r21d.models.specs import VARIANTS
-    from keras_r21d.models.stats import model_stats
-    from keras_r21d.models.video_resnet import BUILDERS
-
-    rows = []
-    for variant, (display, _, _) in VARIANTS.items():
-        shape = (args.frames, args.size, args.size, 3)
-        model = BUILDERS[variant](args.depth, input_shape=shape, classes=args.classes)
-        stats = model_stats(model)
-        rows.append(
-            {
-                "name": f"{variant}_{args.depth}",
-                "variant": display,
-                "paper_params": stats["paper_params"],
-                "keras_params": stats["keras_params"],
-                "macs": stats["macs"],
-                "gflops": round(stats["gflops"], 3),
-                "input_shape": list(shape),
-            }
-        )
-    return rows
-
-
 def cmd_models(args):
-    rows = _models_table(args)
+    from keras_r21d.models.stats import format_gflops, format_params, models_table
+
+    rows = models_table(args.depth, args.frames, args.size, args.classes, args.width_multiplier)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"depth {args.depth}, input {args.frames}x{args.size}x{args.size}, {args.classes} classes")
+    width = f", width x{args.width_multiplier:g}" if args.width_multiplier != 1 else ""
+    print(f"depth {args.depth}, input {args.frames}x{args.size}x{args.size}, {args.classes} classes{width}")
     print("| model | variant | params (paper) | params (Keras) | GFLOPs (mult-adds) |")
     print("|---|---|---:|---:|---:|")
     for r in rows:
-        print(
-            f"| {r['name']} | {r['variant']} | {r['paper_params'] / 1e6:.1f}M | "
-            f"{r['keras_params']:,} | {r['gflops']:.1f} |"
-        )
+        print(f"| {r['name']} | {r['variant']} | {format_params(r['paper_params'])} | "
+              f"{r['keras_params']:,} | {format_gflops(r['gflops'])} |")
     return 0
 
 
@@ -140,8 +117,8 @@ def cmd_train(args):
         momentum=args.momentum, nesterov=not args.no_nesterov, width_multiplier=args.width_multiplier,
         dropout=args.dropout, val_data=args.val_data, val_freq=args.val_freq, test_clips=args.test_clips,
         frame_stride=args.frame_stride, flip=not args.no_flip, strategy=args.strategy,
-        mixed_precision=args.mixed_precision, jit_compile=args.xla, seed=args.seed,
-        max_train_videos=args.max_train_videos,
+        mixed_precision=args.mixed_precision, jit_compile=args.xla, implementation=args.implementation,
+        seed=args.seed, max_train_videos=args.max_train_videos,
         tensorboard=not args.no_tensorboard, init=args.init, freeze_backbone_epochs=args.freeze_backbone_epochs,
         finetune_lr=args.finetune_lr, trainable_from=args.trainable_from,
     )
@@ -375,6 +352,16 @@ def cmd_tune(args):
     return 0
 
 
+def cmd_study(args):
+    from keras_r21d.study import config_from_args, run_study
+
+    config = config_from_args(args)
+    study = run_study(config, log=lambda line: print(line, flush=True))
+    with open(os.path.join(config.out, "summary.md"), encoding="utf-8") as f:
+        print(f.read(), end="")
+    return 0 if study["table"] else 1
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-r21d",
@@ -388,6 +375,7 @@ def build_parser():
     p.add_argument("--frames", type=int, default=8, help="clip length (default 8)")
     p.add_argument("--size", type=int, default=112, help="frame height and width (default 112)")
     p.add_argument("--classes", type=int, default=400, help="classifier size (default 400)")
+    p.add_argument("--width-multiplier", type=float, default=1.0, help="channel width multiplier (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
 
@@ -444,6 +432,9 @@ def build_parser():
                    default="auto")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (for GPUs)")
     p.add_argument("--xla", action="store_true", help="jit_compile the train step (slower on CPUs)")
+    p.add_argument("--implementation", choices=["auto", "conv2d", "conv3d"], default="auto",
+                   help="lowering of the convolutions (conv2d: no 5-D kernels; faster for narrow 3D networks "
+                        "on CPUs, see BENCHMARKS.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train-videos", type=int, default=None)
     p.add_argument("--no-tensorboard", action="store_true")
@@ -557,6 +548,12 @@ def build_parser():
     g.add_argument("--trial-timeout-minutes", type=float, default=None,
                    help="chief: mark a trial failed when its worker has not finished it after this long")
     p.set_defaults(func=cmd_tune)
+
+    from keras_r21d.study import add_arguments as add_study_arguments
+
+    p = sub.add_parser("study", help="the paper's comparison of all 12 variants, error curves and clip lengths")
+    add_study_arguments(p)
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("bench", help="keras_r21d vs torchvision speed on this machine (see --help after bench)",
                        add_help=False)

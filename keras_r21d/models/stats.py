@@ -71,3 +71,34 @@ def model_stats(model, input_shape=None):
         "gflops": macs / 1e9,
         "input_shape": list(shape if input_shape is None else input_shape),
     }
+
+
+def models_table(depth=18, frames=8, size=112, classes=400, width_multiplier=1.0, variants=None):
+    """Parameters and FLOPs of every variant at one depth and input size (`keras-r21d models`).
+
+    Returns one dict per variant, in the paper's order: `name`, `variant`
+    (display name), `paper_params`, `keras_params`, `macs`, `gflops`
+    (rounded to 3 decimals) and `input_shape`.
+    """
+    from keras_r21d.models.specs import VARIANTS
+    from keras_r21d.models.video_resnet import BUILDERS
+
+    rows = []
+    for variant in variants or VARIANTS:
+        shape = (frames, size, size, 3)
+        model = BUILDERS[variant](depth, input_shape=shape, classes=classes, width_multiplier=width_multiplier)
+        stats = model_stats(model)
+        rows.append({"name": f"{variant}_{depth}", "variant": VARIANTS[variant][0],
+                     "paper_params": stats["paper_params"], "keras_params": stats["keras_params"],
+                     "macs": stats["macs"], "gflops": round(stats["gflops"], 3), "input_shape": list(shape)})
+    return rows
+
+
+def format_params(count):
+    """`33361472` -> `"33.4M"`; two decimals below 10M (`"0.91M"`) so small networks stay distinguishable."""
+    return f"{count / 1e6:.1f}M" if count >= 1e7 else f"{count / 1e6:.2f}M"
+
+
+def format_gflops(gflops):
+    """GFLOPs with one decimal from 10 on, three below (`"0.081"`)."""
+    return f"{gflops:.1f}" if gflops >= 10 else f"{gflops:.3f}"

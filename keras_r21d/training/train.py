@@ -54,6 +54,10 @@ class TrainConfig:
     clips); then the layers from `trainable_from` on (default all) train at
     `finetune_lr` (default 0.001 per 32 clips, the paper's fine-tuning
     range). Frozen layers keep their weights and BatchNorm statistics.
+
+    `implementation` is the lowering of the convolutions (`VideoConv`):
+    `"conv2d"` trains small-channel 3D networks several times faster on CPUs
+    (BENCHMARKS.md); the weights are the same whatever the lowering.
     `arch`, `depth`, `width_multiplier` and `dropout` come from the source
     (`arch` and `depth` name the network of a preset).
     """
@@ -85,6 +89,7 @@ class TrainConfig:
     collective_timeout: float = 300.0
     mixed_precision: bool = False
     jit_compile: bool = False
+    implementation: str = "auto"
     seed: int = 0
     max_train_videos: int = None
     tensorboard: bool = True
@@ -146,12 +151,13 @@ def _new_model(config, num_classes):
     if config.stage_conv_types and not config.init:
         model = VideoResNet(config.depth, config.stem_type, tuple(config.stage_conv_types), classes=num_classes,
                             input_shape=config.input_shape(), width_multiplier=config.width_multiplier,
-                            dropout=config.dropout, name=f"custom_{config.depth}")
+                            dropout=config.dropout, implementation=config.implementation,
+                            name=f"custom_{config.depth}")
         return model, None
     if not config.init:
         model = get_model(
             f"{config.arch}_{config.depth}", classes=num_classes, input_shape=config.input_shape(),
-            width_multiplier=config.width_multiplier, dropout=config.dropout,
+            width_multiplier=config.width_multiplier, dropout=config.dropout, implementation=config.implementation,
         )
         return model, None
     source, description = load_source(config.init, config.arch, config.depth)
