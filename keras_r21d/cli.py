@@ -224,7 +224,7 @@ def cmd_predict(args):
     from keras_r21d.data.video import VideoDecodeError
     from keras_r21d.inference import load_predictor
 
-    predictor = load_predictor(args.model, clips=args.clips)
+    predictor = load_predictor(args.model, clips=args.clips, max_pixels=args.max_pixels)
     results, failed = [], 0
     for video in args.videos:
         try:
@@ -248,7 +248,7 @@ def cmd_extract(args):
     from keras_r21d.data.datasets import load_dataset
     from keras_r21d.inference import extract_features, load_predictor
 
-    predictor = load_predictor(args.model, clips=args.clips)
+    predictor = load_predictor(args.model, clips=args.clips, max_pixels=args.max_pixels)
     subsets = ["train", "test"] if args.subset == "all" else [args.subset]
     paths, seen = [], set()
     for subset in subsets:
@@ -484,6 +484,9 @@ def build_parser():
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--clips", type=int, default=None, help="uniform clips per video (default: the model's, 10)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse videos whose decoded frames exceed N pixels (frames x height x width; "
+                        "default 2^30, a SavedModel's own limit 2^28)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -493,6 +496,9 @@ def build_parser():
     p.add_argument("--out", required=True, help="output directory (mirrors the video paths)")
     p.add_argument("--subset", choices=["train", "test", "all"], default="all")
     p.add_argument("--clips", type=int, default=None, help="uniform clips per video (default 10)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse videos whose decoded frames exceed N pixels (frames x height x width; "
+                        "default 2^30, a SavedModel's own limit 2^28)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("convert", help="convert a PyTorch checkpoint (torchvision VideoResNet layout) to .keras")

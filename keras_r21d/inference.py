@@ -7,6 +7,7 @@ frames those clips need; a SavedModel gets the whole video and runs its own
 `classify_video` signature (the same protocol, in its graph).
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 from keras_r21d.data import transforms
 from keras_r21d.data.pipeline import ClipConfig, read_test_clips
-from keras_r21d.data.video import read_video
+from keras_r21d.data.video import MAX_DECODE_PIXELS, read_video
 from keras_r21d.export.graph import MAX_VIDEO_PIXELS
 
 
@@ -85,13 +86,13 @@ class Predictor:
 class KerasPredictor(Predictor):
     kind = "keras"
 
-    def __init__(self, path, clips=None, frames=None, size=None):
+    def __init__(self, path, clips=None, frames=None, size=None, max_pixels=MAX_DECODE_PIXELS):
         from keras_r21d.export.graph import feature_model, probabilities_fn
         from keras_r21d.training.evaluation import load_model, run_record, test_clip_config
 
         model = load_model(path)
         record = run_record(path) or {}
-        config = test_clip_config(model, record, clips or 10, frames, size)
+        config = dataclasses.replace(test_clip_config(model, record, clips or 10, frames, size), max_pixels=max_pixels)
         names = record.get("class_names") or [f"class_{i}" for i in range(model.output_shape[-1])]
         super().__init__(path, config, names)
         self.model = model
@@ -113,7 +114,7 @@ class KerasPredictor(Predictor):
 class SavedModelPredictor(Predictor):
     kind = "saved_model"
 
-    def __init__(self, path, clips=None):
+    def __init__(self, path, clips=None, max_pixels=None):
         from keras_r21d.export.saved_model import load_metadata
 
         directory = _saved_model_dir(path)
@@ -126,7 +127,9 @@ class SavedModelPredictor(Predictor):
         if missing:
             raise ValueError(f"{path}: not a keras_r21d export (missing signatures {sorted(missing)})")
         config = _clip_config(metadata["clip_config"]) if metadata else ClipConfig()
-        self.max_pixels = metadata.get("max_video_pixels", MAX_VIDEO_PIXELS)
+        # The export's own limit (its graph refuses more) unless a smaller one is asked for.
+        limit = metadata.get("max_video_pixels", MAX_VIDEO_PIXELS)
+        self.max_pixels = min(limit, max_pixels) if max_pixels else limit
         classes = int(self.loaded.signatures["classify_video"].structured_outputs["probabilities"].shape[-1])
         super().__init__(directory, config, metadata.get("class_names") or [f"class_{i}" for i in range(classes)])
 
@@ -142,7 +145,7 @@ class SavedModelPredictor(Predictor):
 class TFLitePredictor(Predictor):
     kind = "tflite"
 
-    def __init__(self, path, clips=None, num_threads=None):
+    def __init__(self, path, clips=None, num_threads=None, max_pixels=MAX_DECODE_PIXELS):
         from keras_r21d.export.tflite import interpreter, load_report
 
         report = load_report(path)
@@ -154,6 +157,7 @@ class TFLitePredictor(Predictor):
         else:
             config = ClipConfig(clip_len=int(shape[1]), crop=int(shape[2]), resize=transforms.resize_for_crop(
                 int(shape[2])), test_clips=clips or 10)
+        config = dataclasses.replace(config, max_pixels=max_pixels)
         super().__init__(path, config, report.get("class_names") or [f"class_{i}" for i in range(classes)])
 
     def video_probabilities(self, video):
@@ -163,20 +167,28 @@ class TFLitePredictor(Predictor):
         return clip_probs, clip_probs.mean(axis=0)
 
 
-def load_predictor(path, clips=None, frames=None, size=None):
+def load_predictor(path, clips=None, frames=None, size=None, max_pixels=None):
     """A `Predictor` for a `.keras` file, a SavedModel (or TF Serving base) directory or a `.tflite` file.
 
     `.keras` files load with Keras' `safe_mode` on. SavedModels are programs:
     load only those you trust.
+
+    `max_pixels` bounds the memory one video may take: `.keras` and `.tflite`
+    predictors refuse a video whose test-clip frames exceed it (frames x
+    height x width; default `MAX_DECODE_PIXELS`, 2^30), a SavedModel one
+    whose whole video exceeds it or the export's `max_video_pixels` (2^28 by
+    default), whichever is smaller. A refused video raises
+    `VideoDecodeError` naming the file and the numbers, before decoding.
     """
     if os.path.isdir(path):
-        return SavedModelPredictor(path, clips)
+        return SavedModelPredictor(path, clips, max_pixels=max_pixels)
     if not os.path.isfile(path):
         raise ValueError(f"model not found: {path}")
+    limit = MAX_DECODE_PIXELS if max_pixels is None else max_pixels
     if path.endswith(".tflite"):
-        return TFLitePredictor(path, clips)
+        return TFLitePredictor(path, clips, max_pixels=limit)
     if path.endswith(".keras"):
-        return KerasPredictor(path, clips, frames, size)
+        return KerasPredictor(path, clips, frames, size, max_pixels=limit)
     raise ValueError(f"{path}: expected a .keras file, a SavedModel directory or a .tflite file")
 
 

@@ -150,6 +150,9 @@ def test_csv_manifest_outside_root_when_allowed(tmp_path, a_video):
     with pytest.raises(DatasetFormatError, match="outside"):
         load_dataset(f"csv:{manifest}")
     assert len(load_dataset(f"csv:{manifest}", allow_outside=True)) == 1
+    assert len(load_dataset(f"csv:{manifest}:allow_outside=yes")) == 1  # the same from a command's spec
+    with pytest.raises(ValueError, match="allow_outside must be 'yes' or 'no'"):
+        load_dataset(f"csv:{manifest}:allow_outside=1")
 
 
 def test_spec_parsing():

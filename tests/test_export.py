@@ -437,6 +437,27 @@ def test_cli_predict_reports_a_bad_video_and_a_bad_model(run_dir, videos, tmp_pa
     assert result.returncode == 2 and "needs --calibration-data" in result.stderr
 
 
+def test_cli_predict_refuses_videos_above_the_pixel_limit(run_dir, videos, tmp_path):
+    import json
+
+    model = str(run_dir / "model.keras")
+    # .keras / .tflite decode the test clips' frames: 4 clips x 8 frames of 80x60 (long) = 153,600 pixels,
+    # of 64x48 (short) = 98,304.
+    result = _cli("predict", "--model", model, videos["long"], videos["short"], "--clips", "4",
+                  "--max-pixels", "100000", "--json", check=False)
+    assert result.returncode == 1
+    assert f"skipped {videos['long']}: 32 frames of 80x60 exceed the limit of 100000 pixels" in result.stderr
+    answers = json.loads(result.stdout)
+    assert "error" in answers[0] and answers[1]["top"]
+    # A SavedModel gets the whole video: 50 frames of 80x60 = 240,000 pixels; 9 of 64x48 = 27,648.
+    _cli("export", "--model", model, "--out", str(tmp_path / "serving"), "--clips", "4")
+    result = _cli("predict", "--model", str(tmp_path / "serving"), videos["long"], videos["short"],
+                  "--max-pixels", "100000", check=False)
+    assert result.returncode == 1
+    assert "50 frames of 80x60 exceed the limit of 100000 pixels" in result.stderr
+    assert videos["short"] in result.stdout
+
+
 def test_cli_int8_export_calibrates_on_videos(run_dir, videos, tmp_path):
     root = tmp_path / "data"
     for name, path in videos.items():

@@ -165,3 +165,28 @@ def test_memory_stays_bounded_over_300_videos(tmp_path):
         read_frames(paths[i % len(paths)], [i % 24, (i * 7) % 24])
     growth = _rss_mb() - before
     assert growth < 25, f"RSS grew by {growth:.1f} MB over 300 videos"
+
+
+def test_decoded_pixels_are_limited_before_decoding(tmp_path):
+    from keras_r21d.data.video import read_video
+
+    path = videos.write_opencv(tmp_path / "v.avi", videos.moving_frames(20), "MJPG")  # 20 frames of 64x48
+    with pytest.raises(VideoDecodeError, match=r"20 frames of 64x48 exceed the limit of 60000 pixels"):
+        read_video(path, max_pixels=60_000)
+    assert read_video(path, max_pixels=20 * 64 * 48).shape == (20, 48, 64, 3)
+    # Clips: the frames asked for count (repeats included), at the decode size when one is given.
+    with pytest.raises(VideoDecodeError, match=r"30 frames of 64x48 exceed the limit of 50000 pixels"):
+        decode_clip(path, lambda n, fps: np.arange(30) % n, max_pixels=50_000)
+    frames, _, _ = decode_clip(path, lambda n, fps: np.arange(30) % n, size=(24, 32), max_pixels=50_000)
+    assert frames.shape == (30, 24, 32, 3)
+
+
+@pytest.mark.skipif(not videos.ffmpeg_available(), reason="needs ffmpeg (installed by make test)")
+def test_a_frame_above_8192x8192_is_refused(tmp_path):
+    import subprocess
+
+    path = str(tmp_path / "huge.avi")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:size=8200x8200:rate=1",
+                    "-frames:v", "1", "-c:v", "mjpeg", path], check=True, timeout=120)
+    with pytest.raises(VideoDecodeError, match="frames of 8200x8200 exceed the limit of 67108864 pixels per frame"):
+        decode_clip(path, lambda n, fps: [0], size=(112, 112))

@@ -43,7 +43,8 @@ def main():
         answer = {"ok": True, "frames": None, "reason": None}
         try:
             if request.get("mode") == "all":
-                frames = video.read_video(request["path"], max_pixels=request.get("max_pixels"))
+                frames = video.read_video(request["path"], max_pixels=request.get("max_pixels",
+                                                                                    video.MAX_DECODE_PIXELS))
                 answer.update(frames=int(frames.shape[0]), shape=list(frames.shape),
                               dtype=str(frames.dtype))
             else:

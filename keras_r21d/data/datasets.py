@@ -345,7 +345,9 @@ def load_dataset(spec, subset="train", missing=None, allow_outside=False):
     Args:
         spec: `ucf101:ROOT[:split=N]`, `hmdb51:ROOT[:split=N]`,
             `kinetics:ROOT[:split=NAME]`, `folder:ROOT` or `csv:FILE`; a
-            trailing `:missing=skip|error` sets the missing-file policy.
+            trailing `:missing=skip|error` sets the missing-file policy and
+            `:allow_outside=yes` accepts entries outside the root (for
+            commands that take a spec).
         subset: `"train"` or `"test"`.
         missing: `"error"` (default; `"skip"` for Kinetics) or `"skip"`: what
             a list entry without a video file does. Skipped files are listed
@@ -362,9 +364,13 @@ def load_dataset(spec, subset="train", missing=None, allow_outside=False):
     if subset not in SUBSETS:
         raise ValueError(f"`subset` must be one of {SUBSETS}. Received: subset={subset!r}")
     kind, path, options = parse_spec(spec)
-    known = {"split", "missing"}
+    known = {"split", "missing", "allow_outside"}
     if set(options) - known:
         raise ValueError(f"Unknown option(s) {sorted(set(options) - known)} in dataset spec {spec!r}")
+    if "allow_outside" in options:
+        if options["allow_outside"] not in ("yes", "no"):
+            raise ValueError(f"allow_outside must be 'yes' or 'no'. Received: {options['allow_outside']!r}")
+        allow_outside = allow_outside or options["allow_outside"] == "yes"
     missing = options.get("missing", missing) or ("skip" if kind == "kinetics" else "error")
     if missing not in ("error", "skip"):
         raise ValueError(f"missing must be 'error' or 'skip'. Received: missing={missing!r}")

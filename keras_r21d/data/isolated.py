@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 
+from keras_r21d.data.video import MAX_DECODE_PIXELS
+
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_decode_worker.py")
 
 
@@ -24,8 +26,8 @@ class IsolatedDecoder:
 
     Args:
         timeout: seconds per file (`None`: no limit).
-        max_pixels: with `decode(..., mode="all")`, refuse videos of more than
-            this many frames x height x width before decoding them.
+        max_pixels: refuse videos of more than this many frames x height x
+            width before decoding them (`None`: no limit).
 
     Use as a context manager, or call `close()`.
 
@@ -36,7 +38,7 @@ class IsolatedDecoder:
     {'ok': True, 'frames': 120, 'reason': None, 'rss_kb': 61234, 'peak_rss_kb': 63012}
     """
 
-    def __init__(self, timeout=60.0, max_pixels=None):
+    def __init__(self, timeout=60.0, max_pixels=MAX_DECODE_PIXELS):
         self.timeout = timeout
         self.max_pixels = max_pixels
         self.proc = None

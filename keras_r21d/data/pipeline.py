@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_r21d.data import sampling, transforms
-from keras_r21d.data.video import VideoDecodeError, decode_clip, run_with_timeout
+from keras_r21d.data.video import MAX_DECODE_PIXELS, VideoDecodeError, decode_clip, run_with_timeout
 
 logger = logging.getLogger("keras_r21d.data")
 
@@ -38,6 +38,10 @@ class ClipConfig:
         decode_size: optional `(height, width)` to resize to while decoding
             (saves memory for large videos; the graph resize still follows).
         decode_timeout: seconds one video may take to decode, or `None`.
+        max_pixels: a video whose decoded frames would exceed this many
+            pixels (frames x height x width, at `decode_size` when set) is
+            refused with a reason instead of exhausting memory; `None`: no
+            limit. Default 2^30 (3 GiB of frames).
         max_consecutive_failures: stop with an error after this many bad
             videos in a row.
         mean, std: normalization (RGB, 0..1 scale).
@@ -54,6 +58,7 @@ class ClipConfig:
     scale_jitter: tuple = None
     decode_size: tuple = None
     decode_timeout: float = 60.0
+    max_pixels: int = MAX_DECODE_PIXELS
     max_consecutive_failures: int = 20
     mean: tuple = transforms.MEAN
     std: tuple = transforms.STD
@@ -136,7 +141,8 @@ def read_test_clips(path, config):
     `config.decode_timeout`.
     """
     frames = run_with_timeout(
-        lambda: decode_clip(path, _chooser(path, config, _test_starts(config)), size=config.decode_size)[0],
+        lambda: decode_clip(path, _chooser(path, config, _test_starts(config)), size=config.decode_size,
+                            max_pixels=config.max_pixels)[0],
         config.decode_timeout,
         path,
     )
@@ -147,7 +153,8 @@ def _decode(path, config, log, starts_for):
     """Decodes one video's clips; on failure logs it and returns `(empty, False)`."""
     try:
         frames = run_with_timeout(
-            lambda: decode_clip(path, _chooser(path, config, starts_for), size=config.decode_size)[0],
+            lambda: decode_clip(path, _chooser(path, config, starts_for), size=config.decode_size,
+                                max_pixels=config.max_pixels)[0],
             config.decode_timeout,
             path,
         )

@@ -18,6 +18,13 @@ import numpy as np
 _GRAB_GAP = 8
 # cv2's own threads fight with tf.data's parallel calls on a small machine.
 cv2.setNumThreads(1)
+# Limits checked before memory is allocated (a video's header or a hostile file can claim anything).
+# One decoded frame: 8192 x 8192 pixels (8K UHD is 7680 x 4320).
+MAX_FRAME_PIXELS = 8192 * 8192
+# Every frame decoded for one call (frames x height x width): 2^30 pixels, 3 GiB of uint8 RGB. A Full HD
+# video's 10 test clips of 16 frames are 332 M pixels; the same at 4K (1.3 G pixels) needs a larger limit
+# or `decode_size`.
+MAX_DECODE_PIXELS = 2**30
 
 
 class VideoDecodeError(Exception):
@@ -95,7 +102,17 @@ def probe(path):
         }
 
 
-def _read_into(cap, indices, size, deadline, path):
+def _check_pixels(path, frames, height, width, max_pixels):
+    """Refuses, before decoding, a frame above `MAX_FRAME_PIXELS` or a decode above `max_pixels` pixels."""
+    if height * width > MAX_FRAME_PIXELS:
+        raise VideoDecodeError(path, f"frames of {width}x{height} exceed the limit of {MAX_FRAME_PIXELS} pixels "
+                                     "per frame")
+    if max_pixels is not None and frames * height * width > max_pixels:
+        raise VideoDecodeError(path, f"{frames} frames of {width}x{height} exceed the limit of {max_pixels} pixels "
+                                     "(frames x height x width)")
+
+
+def _read_into(cap, indices, size, deadline, path, max_pixels=None):
     """Decodes `indices` (`-1`: a black frame) from an open capture into one array.
 
     Frames are decoded in increasing order, each once, straight into the
@@ -119,7 +136,9 @@ def _read_into(cap, indices, size, deadline, path):
         if not ok or buffer is None:
             return None
         if out is None:
+            _check_pixels(path, 1, *buffer.shape[:2], None)  # the real frame, whatever the header said
             height, width = size or buffer.shape[:2]
+            _check_pixels(path, len(indices), height, width, max_pixels)
             out = np.zeros((len(indices), height, width, 3), np.uint8)
         first, *repeats = slots[index]
         _to_rgb_into(buffer, out[first])
@@ -131,7 +150,7 @@ def _read_into(cap, indices, size, deadline, path):
     return out
 
 
-def decode_clip(path, choose_indices, size=None, deadline=None):
+def decode_clip(path, choose_indices, size=None, deadline=None, max_pixels=MAX_DECODE_PIXELS):
     """Opens a video once, picks frame indices for its real length, decodes them.
 
     Args:
@@ -142,6 +161,9 @@ def decode_clip(path, choose_indices, size=None, deadline=None):
         size: optional `(height, width)` to resize frames to on decode.
         deadline: optional `time.monotonic()` value; past it decoding stops
             with a `VideoDecodeError`.
+        max_pixels: refuse (before decoding) to return more than this many
+            pixels (`len(indices) x H x W`); `None`: no limit. Frames above
+            `MAX_FRAME_PIXELS` are always refused.
 
     Returns:
         `(frames, indices, num_frames)`: `uint8` frames `(len(indices), H, W, 3)`
@@ -154,6 +176,8 @@ def decode_clip(path, choose_indices, size=None, deadline=None):
     with _Capture(path) as cap:
         num_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        header_size = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        _check_pixels(path, 1, *header_size, None)
         if num_frames <= 0:
             num_frames = _count_by_grabbing(cap)
         for _ in range(3):
@@ -162,7 +186,8 @@ def decode_clip(path, choose_indices, size=None, deadline=None):
             indices = np.asarray(choose_indices(num_frames, fps), dtype=np.int64)
             if not (indices >= 0).any():
                 raise VideoDecodeError(path, "no frame index was requested")
-            frames = _read_into(cap, indices, size, deadline, path)
+            _check_pixels(path, len(indices), *(size or header_size), max_pixels)
+            frames = _read_into(cap, indices, size, deadline, path, max_pixels)
             if frames is not None:
                 break
             # The header overstated the length: count the frames that really decode.
@@ -187,21 +212,13 @@ def read_frames(path, indices, size=None):
     return decode_clip(path, choose, size=size)[0]
 
 
-def read_video(path, max_pixels=None):
+def read_video(path, max_pixels=MAX_DECODE_PIXELS):
     """Decodes every frame of a video: uint8 RGB `(frames, height, width, 3)`.
 
-    With `max_pixels`, a video of more than that many frames x height x width
-    is refused (`VideoDecodeError`) before it is decoded.
+    A video of more than `max_pixels` frames x height x width (`None`: no
+    limit) is refused with a `VideoDecodeError` before it is decoded.
     """
-    if max_pixels is not None:
-        info = probe(path)
-        pixels = info["frames"] * info["height"] * info["width"]
-        if pixels > max_pixels:
-            raise VideoDecodeError(
-                path, f"{info['frames']} frames of {info['width']}x{info['height']} exceed the limit of "
-                      f"{max_pixels} pixels (frames x height x width)"
-            )
-    return decode_clip(path, lambda num_frames, fps: np.arange(num_frames))[0]
+    return decode_clip(path, lambda num_frames, fps: np.arange(num_frames), max_pixels=max_pixels)[0]
 
 
 def run_with_timeout(function, timeout, path):
