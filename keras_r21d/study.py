@@ -61,7 +61,7 @@ class StudyConfig:
     seeds: tuple = (0, 1)
     curve_depths: tuple = (10, 16)
     clip_lengths: tuple = (4, 8, 16)
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 16
     size: int = 48
     resize_to: tuple = (48, 64)
@@ -137,16 +137,22 @@ def _train_or_reuse(config, key, runs_dir, log):
     arch, depth, frames, seed = key
     run_dir = os.path.join(runs_dir, _run_name(*key))
     record_path = os.path.join(run_dir, "run.json")
+    train_config = config.train_config(arch, depth, frames, seed, run_dir)
     if os.path.exists(record_path):
         with open(record_path) as f:
             record = json.load(f)
+        wanted = json.loads(json.dumps(dataclasses.asdict(train_config)))
+        differing = sorted(k for k in wanted if k != "out" and record.get("config", {}).get(k) != wanted[k])
+        if differing:
+            raise ValueError(f"{run_dir} was trained with other settings ({', '.join(differing)} differ): "
+                             "use another --out for a study with new settings")
         if record.get("status") == "done":
             log(f"reusing {run_dir}")
             return record
     resume = os.path.exists(os.path.join(run_dir, "checkpoints", "state.json"))
     log(f"{'resuming' if resume else 'training'} {VARIANTS[arch][0]}-{depth}, {frames} frames, seed {seed} "
         f"-> {run_dir}")
-    train(config.train_config(arch, depth, frames, seed, run_dir), resume=resume)
+    train(train_config, resume=resume)
     with open(record_path) as f:
         return json.load(f)
 

@@ -78,6 +78,13 @@ def test_toy_study_end_to_end(tmp_path):
     assert not any(line.startswith(("training ", "resuming ")) for line in lines)
     assert json.loads((out / "study.json").read_text())["table"] == study["table"]
 
+    # Other settings in the same folder are refused, never mixed with the old runs.
+    changed = [("2" if arg == "1" and toy[i - 1] == "--epochs" else arg) for i, arg in enumerate(toy)]
+    refused = _run("-m", "keras_r21d", "study", *changed)
+    assert refused.returncode == 2
+    assert "r3d_d10_f4_s0 was trained with other settings (epochs, val_freq differ): use another --out" \
+        in refused.stderr
+
 
 def test_direction_accuracy_compares_each_class_with_its_twin():
     probabilities = np.array([[0.6, 0.3, 0.1, 0.0],   # class 0, twin 1: right

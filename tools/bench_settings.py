@@ -1,14 +1,18 @@
-"""A/B of keras_r21d settings in one run: `python tools/bench_settings.py MODEL MODE BATCH [CONFIGS]`.
+"""A/B of keras_r21d settings in one run: `python tools/bench_settings.py MODEL MODE BATCH [CONFIGS] [SHAPE]`.
 
 Each configuration gets its own `keras-r21d bench` worker process (so that
 process-wide switches such as `TF_ENABLE_ONEDNN_OPTS` apply), the
 configurations run alternately rep by rep, and the median of 5 timed reps
 after one warm-up is printed. Configurations: `default`, `onednn_off`
-(`TF_ENABLE_ONEDNN_OPTS=0`), `conv3d` (`implementation="conv3d"`); CONFIGS is
-a comma-separated subset.
+(`TF_ENABLE_ONEDNN_OPTS=0`), `conv3d` (`implementation="conv3d"`), `conv2d`
+(`implementation="conv2d"`: full 3D kernels by temporal im2col); CONFIGS is
+a comma-separated subset. SHAPE is `FRAMESxSIZE[xWIDTH_MULTIPLIER]`
+(default `16x112x1`), e.g. the small networks of `make demo` and
+`keras-r21d study`:
 
     python tools/bench_settings.py r2plus1d_18 train 4
     python tools/bench_settings.py r3d_18 train 4 default,onednn_off
+    python tools/bench_settings.py r3d_10 train 16 default,conv2d 8x48x0.25
 """
 
 import os
@@ -23,12 +27,15 @@ CONFIGS = {
     "default": ({}, "auto"),
     "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "auto"),
     "conv3d": ({}, "conv3d"),
+    "conv2d": ({}, "conv2d"),
 }
 
 
 def main(argv):
     model, mode, batch = argv[0], argv[1], int(argv[2])
     names = argv[3].split(",") if len(argv) > 3 else list(CONFIGS)
+    shape = (argv[4] if len(argv) > 4 else "16x112x1").split("x")
+    frames, size, width = int(shape[0]), int(shape[1]), float(shape[2]) if len(shape) > 2 else 1.0
     workers = {}
     for name in names:
         env, implementation = CONFIGS[name]
@@ -39,8 +46,8 @@ def main(argv):
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        workers[name].ask(op="setup", model=model, mode=mode, batch=batch, frames=16, size=112,
-                          implementation=implementation)
+        workers[name].ask(op="setup", model=model, mode=mode, batch=batch, frames=frames, size=size,
+                          implementation=implementation, width_multiplier=width)
     times = {name: [] for name in workers}
     for rep in range(6):
         for name, worker in workers.items():
@@ -49,7 +56,8 @@ def main(argv):
                 times[name].append(seconds)
     for name, worker in workers.items():
         median = statistics.median(times[name])
-        print(f"{model} {mode} batch {batch} {name}: {batch / median:.3f} clips/s ({median:.2f} s)")
+        print(f"{model} {mode} batch {batch} {frames}x{size}x{size} width x{width:g} {name}: "
+              f"{batch / median:.3f} clips/s ({median:.3f} s)")
         worker.close()
     return 0
 

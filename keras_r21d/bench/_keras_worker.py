@@ -60,7 +60,8 @@ def main(threads):
         keras.backend.clear_session()
         shape = (command["frames"], command["size"], command["size"], 3)
         model = keras_r21d.get_model(command["model"], input_shape=shape, classes=400, midplanes="torchvision",
-                                     implementation=command.get("implementation", "auto"))
+                                     implementation=command.get("implementation", "auto"),
+                                     width_multiplier=command.get("width_multiplier", 1.0))
         rng = np.random.default_rng(0)
         x = rng.standard_normal((command["batch"], *shape)).astype("float32")
         y = rng.integers(0, 400, command["batch"])
