@@ -46,15 +46,17 @@ SYNTHETIC_TWINS = "synthetic"  # classes 2k and 2k+1 are each other's time rever
 class StudyConfig:
     """A study: which networks, how many seeds and clip lengths, and the shared training recipe.
 
-    The defaults run on 2 CPU cores in about an hour on the synthetic motion
-    dataset (`data=None`: written to `OUT/synthetic`). `paper_recipe()`
+    The defaults train 51 small networks on the synthetic motion dataset
+    (`data=None`: written to `OUT/synthetic`), about 1.5 hours on 2 CPU
+    cores (`seeds=(0,)` or `frames=(8,)` about halves it; docs/paper_study/
+    has the measured time). `paper_recipe()`
     returns the paper's settings for real data (`data="ucf101:ROOT"`).
     """
 
     out: str = "study_out"
     data: str = None
     classes: int = 4
-    videos_per_class: int = 48
+    videos_per_class: int = 64
     variants: tuple = STUDY_VARIANTS
     depth: int = 10
     frames: tuple = (8, 16)
@@ -62,7 +64,7 @@ class StudyConfig:
     curve_depths: tuple = (10, 16)
     clip_lengths: tuple = (4, 8, 16)
     epochs: int = 8
-    batch_size: int = 16
+    batch_size: int = 8
     size: int = 48
     resize_to: tuple = (48, 64)
     width_multiplier: float = 0.25
@@ -110,10 +112,13 @@ class StudyConfig:
 
     def planned_runs(self):
         """`[(arch, depth, frames, seed)]`: every training the study needs, without repeats."""
-        runs = [(v, self.depth, f, s) for f in self.frames for v in self.variants for s in self.seeds]
         first_seed, first_frames = self.seeds[0], self.frames[0]
+        # The first clip length's table first, then the curve and clip-length runs, then the other clip
+        # lengths: an interrupted study has early a complete `--frames FIRST` study to show.
+        runs = [(v, self.depth, first_frames, s) for v in self.variants for s in self.seeds]
         runs += [(v, d, first_frames, first_seed) for d in self.curve_depths for v in ("r3d", "r2plus1d")]
         runs += [("r2plus1d", self.depth, length, first_seed) for length in self.clip_lengths]
+        runs += [(v, self.depth, f, s) for f in self.frames[1:] for v in self.variants for s in self.seeds]
         return list(dict.fromkeys(runs))
 
 
