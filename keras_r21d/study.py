@@ -127,11 +127,12 @@ def _run_name(arch, depth, frames, seed):
 
 
 def _mean_sd(values):
+    """`(mean, sample sd)`; the sd is `None` for a single value (no spread to show)."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
-        return float("nan"), float("nan")
+        return float("nan"), None
     mean = float(np.mean(values))
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
     return mean, sd
 
 
@@ -200,7 +201,7 @@ def _compare(name_a, a, name_b, b, metric, higher_is_better=True):
     """One finding: does `a` beat `b` on `metric` (lists over seeds) beyond the seeds' spread?"""
     (mean_a, sd_a), (mean_b, sd_b) = _mean_sd(a), _mean_sd(b)
     difference = (mean_a - mean_b) * (1 if higher_is_better else -1)
-    margin = sd_a + sd_b
+    margin = (sd_a or 0.0) + (sd_b or 0.0)
     verdict = "holds" if difference > margin else "is reversed" if difference < -margin else "is not resolved"
     return {"claim": f"{name_a} {'above' if higher_is_better else 'below'} {name_b} on {metric}",
             "verdict": verdict, "a": [mean_a, sd_a], "b": [mean_b, sd_b], "seeds": [len(a), len(b)]}
@@ -210,7 +211,7 @@ def _pct(mean_sd):
     mean, sd = mean_sd
     if math.isnan(mean):
         return "n/a"
-    return f"{100 * mean:.1f} ± {100 * sd:.1f}" if sd else f"{100 * mean:.1f}"
+    return f"{100 * mean:.1f}" if sd is None else f"{100 * mean:.1f} ± {100 * sd:.1f}"
 
 
 def _write_csv(path, rows):
@@ -303,7 +304,7 @@ def _findings(config, table, curves, grid, twins, chance):
                     f"MC{n}", rows[f"mc{n}"]["video_top1"], f"rMC{n}", rows[f"rmc{n}"]["video_top1"], "Video@1")))
         if "fr2d" in rows:
             mean, sd = _mean_sd(rows["fr2d"][key])
-            near = abs(mean - (0.5 if twins else chance)) <= max(2 * sd, 0.1)
+            near = abs(mean - (0.5 if twins else chance)) <= max(2 * (sd or 0.0), 0.1)
             findings.append({"rq": "RQ1", "frames": frames, "claim": f"f-R2D near chance on {metric} "
                              f"({100 * (0.5 if twins else chance):.0f}%)",
                              "verdict": "holds" if near else "does not hold", "a": [mean, sd], "b": None,
@@ -322,11 +323,11 @@ def _findings(config, table, curves, grid, twins, chance):
         findings.append({"rq": "RQ4", "frames": lengths[-1],
                          "claim": f"longer clips ({lengths[0]} -> {lengths[-1]} frames) raise Clip@1",
                          "verdict": "holds" if clip_gain > 0 else "does not hold",
-                         "a": [long["clip_top1"], 0.0], "b": [short["clip_top1"], 0.0], "seeds": [1, 1]})
+                         "a": [long["clip_top1"], None], "b": [short["clip_top1"], None], "seeds": [1, 1]})
         findings.append({"rq": "RQ4", "frames": lengths[-1],
                          "claim": "Video@1 gains less than Clip@1 from longer clips",
                          "verdict": "holds" if video_gain < clip_gain else "does not hold",
-                         "a": [video_gain, 0.0], "b": [clip_gain, 0.0], "seeds": [1, 1]})
+                         "a": [video_gain, None], "b": [clip_gain, None], "seeds": [1, 1]})
     return findings
 
 
@@ -446,7 +447,9 @@ def run_study(config=None, log=print, command=None, **kwargs):
     seconds = time.time() - started
     markdown = _table_markdown(config, table_rows, twins)
     atomic_write_text(os.path.join(config.out, "table.md"), markdown)
-    summary = _summary_markdown(config, markdown, findings, twins, chance, test_set, command, seconds, grid, lengths)
+    train_minutes = sum(r["train_seconds"] or 0.0 for r in run_rows) / 60
+    summary = _summary_markdown(config, markdown, findings, twins, chance, test_set, command, seconds, grid, lengths,
+                                train_minutes, len(run_rows))
     atomic_write_text(os.path.join(config.out, "summary.md"), summary)
     study = {"config": dataclasses.asdict(config), "command": command, "seconds": round(seconds, 1),
              "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "table": table_rows,
@@ -481,15 +484,17 @@ def _table_markdown(config, rows, twins):
     return "\n".join(lines) + "\n"
 
 
-def _summary_markdown(config, table, findings, twins, chance, test_set, command, seconds, grid, lengths):
+def _summary_markdown(config, table, findings, twins, chance, test_set, command, seconds, grid, lengths,
+                      train_minutes, trainings):
     seeds = len(config.seeds)
     lines = [
         "# The paper's study at small scale",
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs; {seconds / 60:.1f} minutes in all "
-        "(runs reused from an earlier invocation count as zero).",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs. {trainings} trainings, {train_minutes:.0f} minutes "
+        f"of `model.fit` in all (whatever else ran on the machine included); this invocation took "
+        f"{seconds / 60:.1f} minutes (finished runs are reused, not retrained).",
         "",
         f"Data: `{config.data}`, {test_set.num_classes} classes ({', '.join(test_set.class_names)}), "
         f"{len(test_set)} test videos; chance Video@1 {100 * chance:.1f}%.",
