@@ -5,6 +5,9 @@ import json
 import os
 import sys
 
+MAX_PIXELS_HELP = ("refuse videos whose decoded frames exceed N pixels (frames x height x width; default 2^30, "
+                   "a SavedModel's own limit 2^28)")
+
 
 def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -484,9 +487,7 @@ def build_parser():
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--clips", type=int, default=None, help="uniform clips per video (default: the model's, 10)")
-    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="refuse videos whose decoded frames exceed N pixels (frames x height x width; "
-                        "default 2^30, a SavedModel's own limit 2^28)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N", help=MAX_PIXELS_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -496,9 +497,7 @@ def build_parser():
     p.add_argument("--out", required=True, help="output directory (mirrors the video paths)")
     p.add_argument("--subset", choices=["train", "test", "all"], default="all")
     p.add_argument("--clips", type=int, default=None, help="uniform clips per video (default 10)")
-    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="refuse videos whose decoded frames exceed N pixels (frames x height x width; "
-                        "default 2^30, a SavedModel's own limit 2^28)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N", help=MAX_PIXELS_HELP)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("convert", help="convert a PyTorch checkpoint (torchvision VideoResNet layout) to .keras")

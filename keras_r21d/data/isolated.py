@@ -90,7 +90,8 @@ class IsolatedDecoder:
 
         Returns:
             `{"ok", "frames", "reason", "rss_kb", "peak_rss_kb"}` (the
-            worker's memory; plus `shape` and `dtype` with `mode="all"`); `reason` says why a file failed: the decoder's
+            worker's memory in kB; plus `shape` and `dtype` with
+            `mode="all"`). `reason` says why a file failed: the decoder's
             error, "decoder crashed (signal SIGSEGV)", "decoding timed out
             after N s".
         """
