@@ -351,7 +351,6 @@ def run_study(config=None, log=print, command=None, **kwargs):
             equivalent `keras-r21d study` command).
     """
     from keras_r21d.data import load_dataset, make_synthetic_dataset
-    from keras_r21d.data.pipeline import ClipConfig
     from keras_r21d.model_files import load_keras_model
     from keras_r21d.training import evaluate_model
     from keras_r21d.training.io import atomic_write_text
@@ -432,9 +431,9 @@ def run_study(config=None, log=print, command=None, **kwargs):
             if model is None:
                 model = load_keras_model(os.path.join(run_dir, "model.keras"))
             log(f"R(2+1)D trained on {train_length} frames, tested on {test_length}")
-            clip_config = ClipConfig(clip_len=test_length, frame_stride=config.frame_stride,
-                                     resize=config.train_config("r2plus1d", config.depth, test_length, 0, "").resize,
-                                     crop=config.size, test_clips=config.test_clips)
+            # The evaluator's clips of a run trained at `test_length` (TrainConfig.clip_config, as train() uses).
+            clip_config = config.train_config("r2plus1d", config.depth, test_length, config.seeds[0],
+                                              run_dir).clip_config()
             report = evaluate_model(model, test_set, clip_config, config.batch_size)
             grid[(train_length, test_length)] = {"train_test": [train_length, test_length],
                                                  "clip_top1": report["clip_top1"],
