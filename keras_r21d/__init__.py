@@ -20,6 +20,7 @@ from keras_r21d.models import (
     RMC5,
     R2Plus1D,
     VideoResNet,
+    fold_batchnorm,
     get_model,
     list_models,
     model_stats,

@@ -194,7 +194,7 @@ def cmd_export(args):
             raise ValueError("--quantization and --calibration-data apply to --format tflite only")
         report = export_saved_model(model, args.out, version=args.version, class_names=class_names,
                                     clip_config=config, top_k=args.top_k, model_name=args.model_name,
-                                    overwrite=args.overwrite)
+                                    overwrite=args.overwrite, fold_batchnorm=not args.keep_batchnorm)
     else:
         if args.version is not None:
             raise ValueError("--version applies to --format savedmodel only")
@@ -205,7 +205,8 @@ def cmd_export(args):
         if args.quantization == "int8" and data is None:
             raise ValueError("--quantization int8 needs --calibration-data SPEC (videos to calibrate on)")
         report = export_tflite(model, args.out, quantization=args.quantization, representative_data=data,
-                               implementation=args.implementation, clip_config=config, class_names=class_names)
+                               implementation=args.implementation, clip_config=config, class_names=class_names,
+                               fold_batchnorm=not args.keep_batchnorm)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -477,6 +478,9 @@ def build_parser():
     p.add_argument("--quantization", choices=["float16", "dynamic", "int8"], default=None, help="tflite only")
     p.add_argument("--implementation", choices=["conv2d", "auto", "conv3d"], default="conv2d",
                    help="tflite: conv2d (default) has no CONV_3D op; auto/conv3d keep 3D kernels as CONV_3D")
+    p.add_argument("--keep-batchnorm", action="store_true",
+                   help="export the BatchNorm layers as they are (default: folded into the convolutions, "
+                        "the same function, faster)")
     p.add_argument("--calibration-data", help="dataset spec of videos for int8 calibration and the check")
     p.add_argument("--calibration-clips", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print the export report as JSON")

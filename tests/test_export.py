@@ -136,6 +136,10 @@ def test_serving_default_matches_keras(model, loaded, exported):
     served = loaded.signatures["serving_default"](clips=tf.constant(clips))
     assert np.abs(served["probabilities"].numpy() - expected).max() <= 1e-4
     assert exported[1]["max_abs_diff"] <= 1e-4
+    # The export is the BatchNorm-folded network: no moving statistics among its variables.
+    assert exported[1]["batchnorm_folded"]
+    names = [v.path if hasattr(v, "path") else v.name for v in loaded.variables]
+    assert names and not [n for n in names if "moving_" in n]
     top = np.argsort(-expected, axis=1, kind="stable")[:, :3]
     np.testing.assert_array_equal(served["top_k_indices"].numpy(), top)
     names = served["top_k_classes"].numpy().astype(str)
@@ -229,6 +233,20 @@ def test_litert_interpreter_reproduces_keras(model, tflite_r21d):
         served = run_tflite(interpreter(path, delegates=delegates), clips)
         assert np.abs(served - expected).max() <= 1e-4
     assert report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
+
+
+def test_tflite_folds_batchnorm_into_the_convolutions(model, tflite_r21d, tmp_path):
+    folded = tflite_r21d[1]
+    kept = export_tflite(model, str(tmp_path / "kept.tflite"), clip_config=CONFIG, check_data=_clips(3),
+                         fold_batchnorm=False)
+    assert folded["batchnorm_folded"] and not kept["batchnorm_folded"]
+    # Each BatchNorm after a reshaped 2D convolution stays a MUL and an ADD unless folded; folded, the
+    # only ADDs left are the residual sums (4 blocks at depth 10) and no MUL is left at all.
+    assert kept["ops"].get("MUL", 0) >= 20 and kept["ops"].get("ADD", 0) >= 20
+    assert "MUL" not in folded["ops"] and folded["ops"].get("ADD", 0) == 4
+    assert folded["ops"]["CONV_2D"] == kept["ops"]["CONV_2D"]
+    # Both are the Keras model's function (the check compares with the unfolded model).
+    assert folded["max_abs_diff"] <= 1e-4 and kept["max_abs_diff"] <= 1e-4
 
 
 def test_tflite_r3d_lowering(tmp_path):

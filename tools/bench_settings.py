@@ -5,7 +5,9 @@ process-wide switches such as `TF_ENABLE_ONEDNN_OPTS` apply), the
 configurations run alternately rep by rep, and the median of 5 timed reps
 after one warm-up is printed. Configurations: `default`, `onednn_off`
 (`TF_ENABLE_ONEDNN_OPTS=0`), `conv3d` (`implementation="conv3d"`), `conv2d`
-(`implementation="conv2d"`: full 3D kernels by temporal im2col); CONFIGS is
+(`implementation="conv2d"`: full 3D kernels by temporal im2col), `folded`
+(inference of `keras_r21d.fold_batchnorm(model)`), `xla` (`jit_compile=True`),
+`folded_xla`; CONFIGS is
 a comma-separated subset. SHAPE is `FRAMESxSIZE[xWIDTH_MULTIPLIER]`
 (default `16x112x1`), e.g. the small networks of `make demo` and
 `keras-r21d study`:
@@ -13,6 +15,7 @@ a comma-separated subset. SHAPE is `FRAMESxSIZE[xWIDTH_MULTIPLIER]`
     python tools/bench_settings.py r2plus1d_18 train 4
     python tools/bench_settings.py r3d_18 train 4 default,onednn_off
     python tools/bench_settings.py r3d_10 train 16 default,conv2d 8x48x0.25
+    python tools/bench_settings.py r2plus1d_18 infer 1 default,folded
 """
 
 import os
@@ -23,11 +26,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from keras_r21d.bench import Worker  # noqa: E402
 
-CONFIGS = {
-    "default": ({}, "auto"),
-    "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "auto"),
-    "conv3d": ({}, "conv3d"),
-    "conv2d": ({}, "conv2d"),
+CONFIGS = {  # name: (environment, setup arguments)
+    "default": ({}, {}),
+    "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, {}),
+    "conv3d": ({}, {"implementation": "conv3d"}),
+    "conv2d": ({}, {"implementation": "conv2d"}),
+    "folded": ({}, {"fold_batchnorm": True}),
+    "xla": ({}, {"jit_compile": True}),
+    "folded_xla": ({}, {"fold_batchnorm": True, "jit_compile": True}),
 }
 
 
@@ -38,7 +44,7 @@ def main(argv):
     frames, size, width = int(shape[0]), int(shape[1]), float(shape[2]) if len(shape) > 2 else 1.0
     workers = {}
     for name in names:
-        env, implementation = CONFIGS[name]
+        env, settings = CONFIGS[name]
         saved = dict(os.environ)
         os.environ.update(env)
         try:
@@ -47,7 +53,7 @@ def main(argv):
             os.environ.clear()
             os.environ.update(saved)
         workers[name].ask(op="setup", model=model, mode=mode, batch=batch, frames=frames, size=size,
-                          implementation=implementation, width_multiplier=width)
+                          width_multiplier=width, **settings)
     times = {name: [] for name in workers}
     for rep in range(6):
         for name, worker in workers.items():

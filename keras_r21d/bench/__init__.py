@@ -66,13 +66,19 @@ def _workers(threads, with_torch, fresh=False):
 
 
 def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size=112, with_torch=None,
-        pipeline=True, memory=True, log=print):
-    """Runs the benchmark; returns a dict with `rows`, `peak_gflops`, `pipeline`, `memory`, `machine`."""
+        pipeline=True, memory=True, log=print, fold_batchnorm=True):
+    """Runs the benchmark; returns a dict with `rows`, `peak_gflops`, `pipeline`, `memory`, `machine`.
+
+    keras_r21d's inference rows time `fold_batchnorm(model)` (what its
+    exports and `predict` run) unless `fold_batchnorm=False`; torchvision's
+    time the model in eval mode, as it ships.
+    """
     with_torch = torch_available() if with_torch is None else with_torch
     keras_worker, torch_worker = _workers(threads, with_torch)
     result = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                           "threads": threads, **keras_worker.info, **(torch_worker.info if torch_worker else {})},
-              "settings": {"reps": reps, "warmup": warmup, "frames": frames, "size": size}, "rows": []}
+              "settings": {"reps": reps, "warmup": warmup, "frames": frames, "size": size,
+                           "fold_batchnorm": fold_batchnorm}, "rows": []}
     try:
         peaks = [keras_worker.ask(op="gemm", n=4096, reps=5)["gflops"]]
         if torch_worker:
@@ -84,7 +90,7 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
         for model in models:
             for mode, batch in modes:
                 setup = dict(op="setup", model=model, mode=mode, batch=batch, frames=frames, size=size)
-                stats = keras_worker.ask(**setup)
+                stats = keras_worker.ask(**setup, fold_batchnorm=fold_batchnorm and mode == "infer")
                 sides = [("keras_r21d", keras_worker)] + ([("torchvision", torch_worker)] if torch_worker else [])
                 if torch_worker:
                     torch_worker.ask(**setup)
@@ -160,7 +166,9 @@ def markdown(result):
              + (f", PyTorch {machine.get('torch')}, torchvision {machine.get('torchvision')}" if torch_side else "")
              + f"; {result['settings']['frames']}x{result['settings']['size']}x{result['settings']['size']} clips; "
              f"median of {result['settings']['reps']} after {result['settings']['warmup']} warm-up, alternating; "
-             f"fp32 peak (GEMM) {result['peak_gflops']:.0f} GFLOP/s", ""]
+             f"fp32 peak (GEMM) {result['peak_gflops']:.0f} GFLOP/s; keras_r21d inference "
+             + ("with BatchNorm folded (`fold_batchnorm`)" if result["settings"].get("fold_batchnorm", True)
+                else "with BatchNorm layers as trained (`--keep-batchnorm`)"), ""]
     header = "| model | mode | batch | keras_r21d clips/s | keras GFLOP/s (% peak) |"
     rule = "|---|---|---:|---:|---:|"
     if torch_side:
@@ -195,6 +203,8 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="keras_r21d only")
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--keep-batchnorm", action="store_true",
+                        help="time keras_r21d inference without folding BatchNorm into the convolutions")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     modes = []
@@ -206,7 +216,8 @@ def main(argv=None):
     result = run(models=tuple(args.models.split(",")), modes=tuple(modes), reps=args.reps, warmup=args.warmup,
                  threads=args.threads, frames=args.frames, size=args.size,
                  with_torch=False if args.no_torch else None, pipeline=not args.no_pipeline,
-                 memory=not args.no_memory, log=lambda text: print(text, file=sys.stderr, flush=True))
+                 memory=not args.no_memory, log=lambda text: print(text, file=sys.stderr, flush=True),
+                 fold_batchnorm=not args.keep_batchnorm)
     print(markdown(result), end="")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -2,7 +2,9 @@
 
     python -m keras_r21d.bench._keras_worker THREADS
 
-Extra commands: `setup` takes `implementation`; `pipeline` times the
+Extra commands: `setup` takes `implementation`, `width_multiplier`,
+`fold_batchnorm` (inference of `keras_r21d.fold_batchnorm(model)`) and
+`jit_compile` (XLA); `pipeline` times the
 training input pipeline on real encoded videos.
 """
 
@@ -66,12 +68,16 @@ def main(threads):
         x = rng.standard_normal((command["batch"], *shape)).astype("float32")
         y = rng.integers(0, 400, command["batch"])
         if command["mode"] == "infer":
-            forward = tf.function(functools.partial(model, training=False))
+            if command.get("fold_batchnorm"):
+                model = keras_r21d.fold_batchnorm(model)
+            forward = tf.function(functools.partial(model, training=False),
+                                  jit_compile=bool(command.get("jit_compile")))
 
             def run():
                 forward(x).numpy()
         else:
-            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
+            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy",
+                          jit_compile=bool(command.get("jit_compile")))
 
             def run():
                 model.train_on_batch(x, y)

@@ -87,6 +87,18 @@ def feature_model(model):
     )
 
 
+def folded(model):
+    """`keras_r21d.fold_batchnorm(model)` for a functional model with a BatchNorm, else the model itself."""
+    from keras_r21d.models.fold import fold_batchnorm
+
+    if not hasattr(model, "_nodes_by_depth"):
+        return model
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    if not any(isinstance(layer, keras.layers.BatchNormalization) for layer in layers):
+        return model
+    return fold_batchnorm(model)
+
+
 def with_implementation(model, implementation):
     """A copy of `model` whose convolutions use another lowering (same weights, same outputs).
 

@@ -138,7 +138,8 @@ def read_warmup_records(path):
 
 
 def export_saved_model(model, export_dir, version=None, class_names=None, clip_config=None, top_k=5,
-                       max_video_pixels=graph.MAX_VIDEO_PIXELS, model_name="model", check=True, overwrite=False):
+                       max_video_pixels=graph.MAX_VIDEO_PIXELS, model_name="model", check=True, overwrite=False,
+                       fold_batchnorm=True):
     """Exports a model as a SavedModel for TF Serving, with raw-video and feature signatures.
 
     Args:
@@ -157,6 +158,9 @@ def export_saved_model(model, export_dir, version=None, class_names=None, clip_c
         check: reload the export and compare it with the Keras model
             (max abs difference of probabilities at most 1e-4, else `ExportError`).
         overwrite: replace an existing version directory.
+        fold_batchnorm: export `keras_r21d.fold_batchnorm(model)`, the same
+            function with every BatchNorm folded into its convolution (faster;
+            the check still compares with `model` itself).
 
     Returns:
         A report dict: `path`, `version`, `signatures`, `max_abs_diff`, ...
@@ -175,12 +179,13 @@ def export_saved_model(model, export_dir, version=None, class_names=None, clip_c
     if os.path.exists(final) and not overwrite:
         raise ValueError(f"{final} already exists: pick another version or pass overwrite=True (--overwrite)")
 
-    serve, classify_video, extract, table = _serving_fns(model, config, class_names, top_k, max_video_pixels)
+    exported = graph.folded(model) if fold_batchnorm else model
+    serve, classify_video, extract, table = _serving_fns(exported, config, class_names, top_k, max_video_pixels)
     staging = None
     try:
         clips = clip_spec(model, config.clip_len)
         archive = keras.export.ExportArchive()
-        archive.track(model)
+        archive.track(exported)
         archive.track(table)
         archive.add_endpoint("serving_default", serve, input_signature=[clips])
         archive.add_endpoint("classify_video", classify_video,
@@ -202,6 +207,7 @@ def export_saved_model(model, export_dir, version=None, class_names=None, clip_c
             "clip_config": _config_dict(config),
             "max_video_pixels": int(max_video_pixels),
             "input_shape": list(clips.shape),
+            "batchnorm_folded": exported is not model,
         }
         if check:
             report["max_abs_diff"] = _check_saved_model(model, staging, config)

@@ -100,7 +100,7 @@ def _converter(saved_model_dir, quantization, representative_data):
 
 
 def export_tflite(model, path, quantization=None, representative_data=None, implementation="conv2d",
-                  clip_config=None, class_names=None, check_data=None, tolerance=1e-4):
+                  clip_config=None, class_names=None, check_data=None, tolerance=1e-4, fold_batchnorm=True):
     """Exports a model to a `.tflite` file taking one normalized clip `(1, T, H, W, 3)`.
 
     Args:
@@ -117,6 +117,9 @@ def export_tflite(model, path, quantization=None, representative_data=None, impl
         check_data: clips for the parity check (default `representative_data`,
             else 4 random clips).
         tolerance: float32 exports must match Keras' probabilities within this.
+        fold_batchnorm: convert `keras_r21d.fold_batchnorm(model)`: every
+            BatchNorm folded into its convolution, so no `MUL`/`ADD` follows
+            the convolutions (the check still compares with `model` itself).
 
     Returns:
         The report: `path`, `ops` (op type -> count), `has_conv3d`, `quantization`,
@@ -132,8 +135,11 @@ def export_tflite(model, path, quantization=None, representative_data=None, impl
         class_names = check_class_names(class_names, int(model.output_shape[-1]))
     config = clip_config or test_clip_config(model)
     shape = check_clip_shape(model, config)
+    reference = graph.probabilities_fn(model)
     if implementation != "auto":
         model = graph.with_implementation(model, implementation)
+    if fold_batchnorm:
+        model = graph.folded(model)
     probabilities = graph.probabilities_fn(model)
 
     with tempfile.TemporaryDirectory(prefix="keras_r21d_tflite_") as staging:
@@ -163,7 +169,7 @@ def export_tflite(model, path, quantization=None, representative_data=None, impl
     if check_data is None:
         check_data = np.random.default_rng(0).normal(size=(4, *shape)).astype("float32")
     check_data = np.asarray(check_data, np.float32)
-    expected = probabilities(tf.constant(check_data)).numpy()
+    expected = reference(tf.constant(check_data)).numpy()
     served = run_tflite(interpreter(content), check_data)
     diff = float(np.abs(served - expected).max())
     agreement = float((served.argmax(-1) == expected.argmax(-1)).mean())
@@ -174,6 +180,7 @@ def export_tflite(model, path, quantization=None, representative_data=None, impl
         "path": os.path.abspath(path),
         "quantization": quantization or "float32",
         "implementation": implementation,
+        "batchnorm_folded": bool(fold_batchnorm),
         "ops": ops,
         "has_conv3d": "CONV_3D" in ops,
         "input_shape": [1, *shape],

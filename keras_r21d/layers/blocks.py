@@ -44,10 +44,12 @@ class _ResidualBlock(keras.layers.Layer):
         bn_momentum=0.9,
         kernel_initializer="he_normal",
         kernel_regularizer=None,
+        batchnorm=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check(conv_type, midplanes, implementation, stride)
+        self.batchnorm = bool(batchnorm)
         self.filters = int(filters)
         self.conv_type = conv_type
         self.stride = stride
@@ -64,6 +66,9 @@ class _ResidualBlock(keras.layers.Layer):
         self.out_relu = keras.layers.ReLU(name=f"{self.name}_out", dtype=self.dtype_policy)
 
     def _bn(self, suffix):
+        """A BatchNormalization, or `None` in the folded inference form (`batchnorm=False`)."""
+        if not self.batchnorm:
+            return None
         return keras.layers.BatchNormalization(
             epsilon=self.bn_epsilon,
             momentum=self.bn_momentum,
@@ -71,24 +76,35 @@ class _ResidualBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
 
-    def _pointwise(self, filters, strides, suffix):
+    def _relu(self, suffix):
+        return keras.layers.ReLU(name=f"{self.name}_{suffix}", dtype=self.dtype_policy) if self.batchnorm else None
+
+    def _folded(self, relu):
+        """The conv arguments of the folded form: a bias (the BatchNorm's), and the ReLU fused in."""
+        if self.batchnorm:
+            return {}
+        return {"use_bias": True, "activation": "relu" if relu else None}
+
+    def _pointwise(self, filters, strides, suffix, relu=False):
         return VideoConv(
             filters,
             (1, 1, 1),
             strides=strides,
             implementation=self.implementation,
+            **self._folded(relu),
             kernel_initializer=self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer,
             name=f"{self.name}_{suffix}",
             dtype=self.dtype_policy,
         )
 
-    def _typed_conv(self, filters, stride, suffix, midplanes=None):
+    def _typed_conv(self, filters, stride, suffix, midplanes=None, relu=False):
         """The block's 3x3x3-class conv in the stage's conv type."""
         strides = block_strides(self.conv_type, stride)
         common = dict(
             strides=strides,
             implementation=self.implementation,
+            **self._folded(relu),
             kernel_initializer=self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer,
             name=f"{self.name}_{suffix}",
@@ -101,6 +117,7 @@ class _ResidualBlock(keras.layers.Layer):
                 midplanes=midplanes,
                 bn_epsilon=self.bn_epsilon,
                 bn_momentum=self.bn_momentum,
+                inner_batchnorm=self.batchnorm,
                 **common,
             )
         kernel = (1, 3, 3) if self.conv_type == "2d" else (3, 3, 3)
@@ -118,12 +135,27 @@ class _ResidualBlock(keras.layers.Layer):
             )
             self.shortcut_conv.build(input_shape)
             self.shortcut_bn = self._bn("shortcut_bn")
-            self.shortcut_bn.build(self.shortcut_conv.compute_output_shape(input_shape))
+            if self.shortcut_bn is not None:
+                self.shortcut_bn.build(self.shortcut_conv.compute_output_shape(input_shape))
 
     def _shortcut(self, inputs, training):
         if self.shortcut_conv is None:
             return inputs
-        return self.shortcut_bn(self.shortcut_conv(inputs), training=training)
+        return self._norm(self.shortcut_bn, self.shortcut_conv(inputs), training)
+
+    @staticmethod
+    def _norm(bn, x, training, relu=None):
+        """`relu(bn(x))`, skipping what the folded form has fused into the conv."""
+        if bn is not None:
+            x = bn(x, training=training)
+        return relu(x) if relu is not None else x
+
+    def conv_bn_pairs(self):
+        """`[(conv, bn or None)]`: every conv of the block with the BatchNorm that follows it."""
+        pairs = list(zip(self._convs(), self._bns()))
+        if self.shortcut_conv is not None:
+            pairs.append((self.shortcut_conv, self.shortcut_bn))
+        return pairs
 
     def _build_chain(self, layers, input_shape):
         """Builds `(layer, bn)` pairs in order and returns the final shape."""
@@ -131,7 +163,8 @@ class _ResidualBlock(keras.layers.Layer):
         for conv, bn in layers:
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
-            bn.build(shape)
+            if bn is not None:
+                bn.build(shape)
         return shape
 
     def compute_output_shape(self, input_shape):
@@ -172,6 +205,7 @@ class _ResidualBlock(keras.layers.Layer):
                 "bn_momentum": self.bn_momentum,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "batchnorm": self.batchnorm,
             }
         )
         return config
@@ -200,6 +234,9 @@ class BasicBlock(_ResidualBlock):
         bn_momentum: float (Keras' convention: weight of the old average).
         kernel_initializer: initializer of every conv kernel.
         kernel_regularizer: optional regularizer of every conv kernel.
+        batchnorm: bool. `False` is the folded inference form that
+            `keras_r21d.fold_batchnorm` builds: no BatchNorm, every conv has
+            a bias and the inner ReLUs run inside the convs.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Example:
@@ -218,7 +255,7 @@ class BasicBlock(_ResidualBlock):
     def __init__(self, filters, conv_type="3d", stride=1, **kwargs):
         super().__init__(filters, conv_type=conv_type, stride=stride, **kwargs)
         self.bn1 = self._bn("bn1")
-        self.relu1 = keras.layers.ReLU(name=f"{self.name}_relu1", dtype=self.dtype_policy)
+        self.relu1 = self._relu("relu1")
         self.bn2 = self._bn("bn2")
         self.conv1 = None
         self.conv2 = None
@@ -226,16 +263,19 @@ class BasicBlock(_ResidualBlock):
     def _convs(self):
         return [self.conv1, self.conv2]
 
+    def _bns(self):
+        return [self.bn1, self.bn2]
+
     def build(self, input_shape):
         mid = self._torchvision_midplanes(input_shape[-1])
-        self.conv1 = self._typed_conv(self.filters, self.stride, "conv1", midplanes=mid)
+        self.conv1 = self._typed_conv(self.filters, self.stride, "conv1", midplanes=mid, relu=True)
         self.conv2 = self._typed_conv(self.filters, 1, "conv2", midplanes=mid)
         self._build_chain([(self.conv1, self.bn1), (self.conv2, self.bn2)], input_shape)
         self._build_shortcut(input_shape)
 
     def call(self, inputs, training=None):
-        x = self.relu1(self.bn1(self.conv1(inputs, training=training), training=training))
-        x = self.bn2(self.conv2(x, training=training), training=training)
+        x = self._norm(self.bn1, self.conv1(inputs, training=training), training, self.relu1)
+        x = self._norm(self.bn2, self.conv2(x, training=training), training)
         return self.out_relu(x + self._shortcut(inputs, training))
 
 
@@ -267,11 +307,11 @@ class BottleneckBlock(_ResidualBlock):
 
     def __init__(self, filters, conv_type="3d", stride=1, **kwargs):
         super().__init__(filters, conv_type=conv_type, stride=stride, **kwargs)
-        self.conv1 = self._pointwise(self.filters, (1, 1, 1), "conv1")
+        self.conv1 = self._pointwise(self.filters, (1, 1, 1), "conv1", relu=True)
         self.bn1 = self._bn("bn1")
-        self.relu1 = keras.layers.ReLU(name=f"{self.name}_relu1", dtype=self.dtype_policy)
+        self.relu1 = self._relu("relu1")
         self.bn2 = self._bn("bn2")
-        self.relu2 = keras.layers.ReLU(name=f"{self.name}_relu2", dtype=self.dtype_policy)
+        self.relu2 = self._relu("relu2")
         self.conv3 = self._pointwise(self.out_channels, (1, 1, 1), "conv3")
         self.bn3 = self._bn("bn3")
         self.conv2 = None
@@ -279,16 +319,19 @@ class BottleneckBlock(_ResidualBlock):
     def _convs(self):
         return [self.conv1, self.conv2, self.conv3]
 
+    def _bns(self):
+        return [self.bn1, self.bn2, self.bn3]
+
     def build(self, input_shape):
         mid = self._torchvision_midplanes(input_shape[-1])
-        self.conv2 = self._typed_conv(self.filters, self.stride, "conv2", midplanes=mid)
+        self.conv2 = self._typed_conv(self.filters, self.stride, "conv2", midplanes=mid, relu=True)
         self._build_chain(
             [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)], input_shape
         )
         self._build_shortcut(input_shape)
 
     def call(self, inputs, training=None):
-        x = self.relu1(self.bn1(self.conv1(inputs), training=training))
-        x = self.relu2(self.bn2(self.conv2(x, training=training), training=training))
-        x = self.bn3(self.conv3(x), training=training)
+        x = self._norm(self.bn1, self.conv1(inputs), training, self.relu1)
+        x = self._norm(self.bn2, self.conv2(x, training=training), training, self.relu2)
+        x = self._norm(self.bn3, self.conv3(x), training)
         return self.out_relu(x + self._shortcut(inputs, training))

@@ -31,6 +31,12 @@ class Conv2Plus1D(keras.layers.Layer):
         implementation: `"auto"`, `"conv2d"` or `"conv3d"` (see above).
         bn_epsilon: float, epsilon of the inner BatchNormalization.
         bn_momentum: float, momentum of the inner BatchNormalization.
+        inner_batchnorm: bool. `False` (what `fold_batchnorm` builds for
+            inference) replaces the inner BatchNormalization with a bias of
+            the spatial conv: `temporal(relu(spatial(x) + b))`.
+        use_bias: bool, a bias on the temporal conv (`False` in the paper:
+            a BatchNorm follows).
+        activation: `None` or an activation after the temporal conv.
         kernel_initializer: initializer of both kernels.
         kernel_regularizer: optional regularizer of both kernels.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
@@ -59,6 +65,9 @@ class Conv2Plus1D(keras.layers.Layer):
         bn_momentum=0.9,
         kernel_initializer="he_normal",
         kernel_regularizer=None,
+        inner_batchnorm=True,
+        use_bias=False,
+        activation=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -78,10 +87,15 @@ class Conv2Plus1D(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.input_spec = keras.layers.InputSpec(ndim=5)
-        self.bn = keras.layers.BatchNormalization(
-            epsilon=bn_epsilon, momentum=bn_momentum, name=f"{self.name}_bn", dtype=self.dtype_policy
-        )
-        self.relu = keras.layers.ReLU(name=f"{self.name}_relu", dtype=self.dtype_policy)
+        self.inner_batchnorm = bool(inner_batchnorm)
+        self.use_bias = bool(use_bias)
+        self.activation = keras.activations.get(activation)
+        self.bn = self.relu = None
+        if self.inner_batchnorm:
+            self.bn = keras.layers.BatchNormalization(
+                epsilon=bn_epsilon, momentum=bn_momentum, name=f"{self.name}_bn", dtype=self.dtype_policy
+            )
+            self.relu = keras.layers.ReLU(name=f"{self.name}_relu", dtype=self.dtype_policy)
         t = self.kernel_size[0]
         inner = "conv3d" if implementation == "conv3d" else "conv2d"
         self.temporal = VideoConv(
@@ -89,6 +103,8 @@ class Conv2Plus1D(keras.layers.Layer):
             (t, 1, 1),
             strides=(self.strides[0], 1, 1),
             implementation=inner,
+            use_bias=self.use_bias,
+            activation=activation,
             kernel_initializer=kernel_initializer,
             kernel_regularizer=kernel_regularizer,
             name=f"{self.name}_temporal",
@@ -109,6 +125,8 @@ class Conv2Plus1D(keras.layers.Layer):
             (1, h, w),
             strides=(1, self.strides[1], self.strides[2]),
             implementation="conv3d" if self.implementation == "conv3d" else "conv2d",
+            use_bias=not self.inner_batchnorm,
+            activation=None if self.inner_batchnorm else "relu",
             kernel_initializer=self.kernel_initializer,
             kernel_regularizer=self.kernel_regularizer,
             name=f"{self.name}_spatial",
@@ -116,12 +134,14 @@ class Conv2Plus1D(keras.layers.Layer):
         )
         self.spatial.build(input_shape)
         mid_shape = self.spatial.compute_output_shape(input_shape)
-        self.bn.build(mid_shape)
+        if self.bn is not None:
+            self.bn.build(mid_shape)
         self.temporal.build(mid_shape)
 
     def call(self, inputs, training=None):
         x = self.spatial(inputs)
-        x = self.relu(self.bn(x, training=training))
+        if self.bn is not None:
+            x = self.relu(self.bn(x, training=training))
         return self.temporal(x)
 
     def compute_output_shape(self, input_shape):
@@ -152,6 +172,9 @@ class Conv2Plus1D(keras.layers.Layer):
                 "bn_momentum": self.bn_momentum,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "inner_batchnorm": self.inner_batchnorm,
+                "use_bias": self.use_bias,
+                "activation": keras.activations.serialize(self.activation),
             }
         )
         return config

@@ -39,7 +39,12 @@ class VideoConv(keras.layers.Layer):
         padding: `None` for symmetric `k // 2` padding, or a tuple of 3 ints
             `(pt, ph, pw)` of zeros added on both sides of each axis.
         implementation: one of `"auto"`, `"conv2d"`, `"conv3d"`.
-        use_bias: bool. The paper's networks use no bias.
+        use_bias: bool. The paper's networks use no bias (a BatchNorm
+            follows every conv); `fold_batchnorm` gives its copies one.
+        activation: `None` or an activation (e.g. `"relu"`) applied after
+            the bias. With the `"conv2d"` lowerings, bias and activation run
+            on the 2D convolution's output before it is reshaped back to
+            5-D, where TensorFlow fuses them into the convolution.
         kernel_initializer: initializer for the kernel.
         kernel_regularizer: optional regularizer for the kernel.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
@@ -63,6 +68,7 @@ class VideoConv(keras.layers.Layer):
         padding=None,
         implementation="auto",
         use_bias=False,
+        activation=None,
         kernel_initializer="he_normal",
         kernel_regularizer=None,
         **kwargs,
@@ -83,6 +89,7 @@ class VideoConv(keras.layers.Layer):
         self.padding = normalize_triple(padding, "padding", allow_zero=True)
         self.implementation = implementation
         self.use_bias = use_bias
+        self.activation = keras.activations.get(activation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.input_spec = keras.layers.InputSpec(ndim=5)
@@ -123,20 +130,31 @@ class VideoConv(keras.layers.Layer):
             outputs = self._temporal(inputs)
         else:
             outputs = self._im2col(inputs)
-        if self.bias is not None:
-            outputs = outputs + self.bias
         return outputs
+
+    def _bias_activation(self, y):
+        """Bias and activation right after the convolution op (where TensorFlow's remapper fuses them)."""
+        if self.bias is not None:
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                y = tf.nn.bias_add(y, ops.cast(self.bias, y.dtype))
+            else:
+                y = y + self.bias
+        if self.activation is not None and self.activation is not keras.activations.linear:
+            y = self.activation(y)
+        return y
 
     def _conv3d(self, x):
         pt, ph, pw = self.padding
         if any(self.padding):
             x = ops.pad(x, [[0, 0], [pt, pt], [ph, ph], [pw, pw], [0, 0]])
-        return ops.conv(x, self.kernel, strides=self.strides, padding="valid")
+        return self._bias_activation(ops.conv(x, self.kernel, strides=self.strides, padding="valid"))
 
     def _conv2d(self, x, kernel, strides, pad):
         if any(pad):
             x = ops.pad(x, [[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]])
-        return ops.conv(x, kernel, strides=strides, padding="valid")
+        return self._bias_activation(ops.conv(x, kernel, strides=strides, padding="valid"))
 
     def _spatial(self, x):
         _, h, w = self.kernel_size
@@ -213,6 +231,7 @@ class VideoConv(keras.layers.Layer):
                 "padding": self.padding,
                 "implementation": self.implementation,
                 "use_bias": self.use_bias,
+                "activation": keras.activations.serialize(self.activation),
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             }
