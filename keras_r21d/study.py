@@ -55,7 +55,7 @@ class StudyConfig:
 
     out: str = "study_out"
     data: str = None
-    classes: int = 4
+    motions: tuple = ("horizontal", "vertical")
     videos_per_class: int = 64
     variants: tuple = STUDY_VARIANTS
     depth: int = 10
@@ -81,10 +81,15 @@ class StudyConfig:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variants {unknown}: choose from {list(VARIANTS)}")
-        for name in ("frames", "seeds", "curve_depths", "clip_lengths", "variants"):
+        from keras_r21d.data.synthetic import KINDS
+
+        for name in ("motions", "frames", "seeds", "curve_depths", "clip_lengths", "variants"):
             if not getattr(self, name):
                 raise ValueError(f"`{name}` must not be empty")
             setattr(self, name, tuple(getattr(self, name)))
+        if any(m not in KINDS for m in self.motions) or len(set(self.motions)) != len(self.motions):
+            raise ValueError(f"`motions` must be distinct motion kinds from {list(KINDS)}. "
+                             f"Received: {list(self.motions)}")
         if self.resize_to is not None:
             self.resize_to = tuple(self.resize_to)
 
@@ -183,10 +188,22 @@ def direction_accuracy(video_probabilities, video_labels):
     return float(np.mean(video_probabilities[rows, labels] > video_probabilities[rows, twins]))
 
 
-def _is_synthetic(class_names):
+def _synthetic_names(motions):
     from keras_r21d.data.synthetic import MOTIONS
 
-    return len(class_names) % 2 == 0 and list(class_names) == [m[0] for m in MOTIONS[:len(class_names)]]
+    return [name for kind in motions for name, k, _ in MOTIONS if k == kind]
+
+
+def _is_synthetic(class_names):
+    """Whether the classes are synthetic twin pairs: classes 2k and 2k+1 the two directions of one motion."""
+    from keras_r21d.data.synthetic import MOTIONS
+
+    kinds = {name: kind for name, kind, _ in MOTIONS}
+    names = list(class_names)
+    if not names or len(names) % 2 or any(n not in kinds for n in names):
+        return False
+    pairs = [kinds[names[i]] for i in range(0, len(names), 2)]
+    return names == _synthetic_names(pairs)
 
 
 def _history(run_dir):
@@ -358,14 +375,21 @@ def run_study(config=None, log=print, command=None, **kwargs):
     config = config or StudyConfig(**kwargs)
     started = time.time()
     os.makedirs(config.out, exist_ok=True)
-    if config.data is None:
+    synthetic = config.data is None
+    if synthetic:
         data_dir = os.path.join(config.out, "synthetic")
         if not os.path.exists(os.path.join(data_dir, "testlist01.txt")):
-            log(f"writing the synthetic motion dataset ({config.classes} classes) to {data_dir}")
-            make_synthetic_dataset(data_dir, classes=config.classes, videos_per_class=config.videos_per_class,
+            log(f"writing the synthetic motion dataset ({', '.join(_synthetic_names(config.motions))}) "
+                f"to {data_dir}")
+            make_synthetic_dataset(data_dir, kinds=config.motions, videos_per_class=config.videos_per_class,
                                    seed=0)
         config = dataclasses.replace(config, data=f"ucf101:{data_dir}")
     test_set = load_dataset(config.data, "test")
+    if synthetic and (list(test_set.class_names) != _synthetic_names(config.motions)
+                      or len(test_set) != test_set.num_classes * ((config.videos_per_class + 3) // 4)):
+        raise ValueError(f"{data_dir} holds {len(test_set)} test videos of {list(test_set.class_names)}, not the "
+                         f"data of --motions {','.join(config.motions)} --videos-per-class {config.videos_per_class}: "
+                         "use another --out for a study with new settings")
     twins = _is_synthetic(test_set.class_names)
     chance = 1.0 / test_set.num_classes
     runs_dir = os.path.join(config.out, "runs")
@@ -534,7 +558,7 @@ def study_command(config):
     """The `keras-r21d study` command line that reproduces `config`."""
     defaults = StudyConfig()
     parts = ["keras-r21d", "study", "--out", config.out]
-    flags = {"data": "--data", "classes": "--classes", "videos_per_class": "--videos-per-class",
+    flags = {"data": "--data", "motions": "--motions", "videos_per_class": "--videos-per-class",
              "variants": "--variants", "depth": "--depth", "frames": "--frames", "seeds": "--seeds",
              "curve_depths": "--curve-depths", "clip_lengths": "--clip-lengths", "epochs": "--epochs",
              "batch_size": "--batch-size", "size": "--size", "width_multiplier": "--width-multiplier",
@@ -570,7 +594,9 @@ def add_arguments(parser):
     parser.add_argument("--paper-recipe", action="store_true",
                         help="the paper's settings (depth 18, 112x112, 45 epochs, ...; needs --data); "
                              "other flags still override them")
-    parser.add_argument("--classes", type=int, help=f"synthetic classes (default {d.classes})")
+    parser.add_argument("--motions", help="synthetic data: comma-separated motion kinds, each giving two classes "
+                                          f"(its two directions; default {','.join(d.motions)}; "
+                                          "also rotate, zoom, diagonal, antidiagonal)")
     parser.add_argument("--videos-per-class", type=int, help=f"videos per class (default {d.videos_per_class})")
     parser.add_argument("--variants", help="comma-separated variants (default: all 12 of the paper)")
     parser.add_argument("--depth", type=int, help=f"depth of the table's networks (default {d.depth})")
@@ -593,13 +619,15 @@ def add_arguments(parser):
 def config_from_args(args):
     """A `StudyConfig` from parsed `add_arguments` options."""
     overrides = {"out": args.out}
-    for name in ("classes", "videos_per_class", "depth", "epochs", "batch_size", "size", "width_multiplier", "lr",
+    for name in ("videos_per_class", "depth", "epochs", "batch_size", "size", "width_multiplier", "lr",
                  "weight_decay", "frame_stride", "test_clips", "data"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     for name in ("frames", "seeds", "curve_depths", "clip_lengths"):
         if getattr(args, name) is not None:
             overrides[name] = _ints(getattr(args, name))
+    if args.motions:
+        overrides["motions"] = tuple(m.strip() for m in args.motions.split(",") if m.strip())
     if args.variants:
         overrides["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     if args.size is not None and not args.paper_recipe:

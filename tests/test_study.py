@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_r21d.study import StudyConfig, _compare, config_from_args, direction_accuracy, study_command
+from keras_r21d.study import StudyConfig, _compare, _is_synthetic, config_from_args, direction_accuracy, study_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
@@ -23,7 +23,7 @@ def _run(*args):
 def test_toy_study_end_to_end(tmp_path):
     out = tmp_path / "study"
     toy = ["--variants", "r3d,r2plus1d", "--seeds", "0", "--epochs", "1", "--frames", "4", "--clip-lengths", "4,8",
-           "--curve-depths", "10", "--classes", "2", "--videos-per-class", "8", "--size", "32", "--batch-size", "8",
+           "--curve-depths", "10", "--motions", "horizontal", "--videos-per-class", "8", "--size", "32", "--batch-size", "8",
            "--test-clips", "2", "--out", str(out)]
     result = _run("examples/paper_study.py", *toy)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -84,6 +84,11 @@ def test_toy_study_end_to_end(tmp_path):
     assert refused.returncode == 2
     assert "r3d_d10_f4_s0 was trained with other settings (epochs, val_freq differ): use another --out" \
         in refused.stderr
+    # So is other data in the same folder (the synthetic videos are written once per --out).
+    other = [("vertical" if arg == "horizontal" else arg) for arg in toy]
+    refused = _run("-m", "keras_r21d", "study", *other)
+    assert refused.returncode == 2
+    assert "not the data of --motions vertical --videos-per-class 8: use another --out" in refused.stderr
 
 
 def test_direction_accuracy_compares_each_class_with_its_twin():
@@ -92,6 +97,14 @@ def test_direction_accuracy_compares_each_class_with_its_twin():
                               [0.9, 0.0, 0.04, 0.06],  # class 3, twin 2: right although top-1 is wrong
                               [0.1, 0.1, 0.5, 0.3]])  # class 2: right
     assert direction_accuracy(probabilities, np.array([0, 1, 3, 2])) == 0.75
+
+
+def test_twin_classes_are_recognized_in_any_motion_order():
+    assert _is_synthetic(["MoveLeft", "MoveRight", "MoveUp", "MoveDown"])
+    assert _is_synthetic(["RotateClockwise", "RotateCounterClockwise", "MoveLeft", "MoveRight"])
+    assert not _is_synthetic(["MoveLeft", "MoveUp", "MoveRight", "MoveDown"])  # pairs split
+    assert not _is_synthetic(["MoveLeft", "MoveRight", "MoveUp"])
+    assert not _is_synthetic(["walk", "run"])
 
 
 def test_findings_need_a_difference_beyond_the_seeds_spread():
@@ -117,4 +130,7 @@ def test_study_options():
         config_from_args(parser.parse_args(["--variants", "r3d,c3d"]))
     with pytest.raises(ValueError, match="comma-separated integers"):
         config_from_args(parser.parse_args(["--frames", "8,sixteen"]))
+    with pytest.raises(ValueError, match="`motions` must be distinct motion kinds"):
+        config_from_args(parser.parse_args(["--motions", "horizontal,sideways"]))
+    assert config_from_args(parser.parse_args(["--motions", "rotate, zoom"])).motions == ("rotate", "zoom")
     assert study_command(StudyConfig(out="s", seeds=(0, 1, 2))) == "keras-r21d study --out s --seeds 0,1,2"

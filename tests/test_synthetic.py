@@ -42,3 +42,16 @@ def test_bad_arguments(tmp_path):
         make_synthetic_dataset(str(tmp_path), classes=13)
     with pytest.raises(ValueError, match="frames"):
         make_synthetic_dataset(str(tmp_path), frames=(10, 5))
+    with pytest.raises(ValueError, match="distinct motion kinds"):
+        make_synthetic_dataset(str(tmp_path), kinds=("horizontal", "sideways"))
+    with pytest.raises(ValueError, match="distinct motion kinds"):
+        make_synthetic_dataset(str(tmp_path), kinds=("vertical", "vertical"))
+
+
+def test_kinds_choose_twin_pairs(tmp_path):
+    spec = make_synthetic_dataset(str(tmp_path / "k"), videos_per_class=4, frames=(10, 12), size=(48, 32),
+                                  kinds=("vertical", "horizontal"))
+    train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
+    assert train.class_names == ["MoveUp", "MoveDown", "MoveLeft", "MoveRight"]
+    assert len(train) == 12 and len(test) == 4 and sorted(set(train.labels)) == [0, 1, 2, 3]
+    assert all(f"/{test.class_names[label]}/" in path for path, label in zip(test.paths, test.labels))

@@ -36,6 +36,7 @@ MOTIONS = [
     ("MoveDownLeft", "antidiagonal", 1),
 ]
 MAX_CLASSES = len(MOTIONS)
+KINDS = tuple(dict.fromkeys(kind for _, kind, _ in MOTIONS))
 SPLITS = 3
 
 
@@ -119,7 +120,7 @@ def write_video(path, frames, fps=25.0):
 
 
 def make_synthetic_dataset(out_dir, classes=8, videos_per_class=24, frames=(32, 64), size=(128, 96), seed=0,
-                           progress=None):
+                           progress=None, kinds=None):
     """Writes the synthetic motion dataset in the UCF101 layout.
 
     Args:
@@ -132,10 +133,18 @@ def make_synthetic_dataset(out_dir, classes=8, videos_per_class=24, frames=(32, 
         size: `(width, height)` of the frames.
         seed: the random seed; the same seed writes the same videos.
         progress: optional callable `progress(done, total)`.
+        kinds: optional motion kinds instead of `classes`, each giving its
+            twin pair of classes, e.g. `("horizontal", "vertical")` for
+            MoveLeft/MoveRight/MoveUp/MoveDown (see `KINDS`).
 
     Returns:
         The dataset spec string, `"ucf101:OUT_DIR"`.
     """
+    if kinds is not None:
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown or not kinds or len(set(kinds)) != len(kinds):
+            raise ValueError(f"`kinds` must be distinct motion kinds from {KINDS}. Received: kinds={kinds!r}")
+        classes = 2 * len(kinds)
     if not 2 <= classes <= MAX_CLASSES:
         raise ValueError(f"`classes` must be between 2 and {MAX_CLASSES}. Received: classes={classes}")
     if videos_per_class < 4:
@@ -147,7 +156,7 @@ def make_synthetic_dataset(out_dir, classes=8, videos_per_class=24, frames=(32, 
     if width < 16 or height < 16:
         raise ValueError(f"`size` must be at least 16x16. Received: size={size}")
     os.makedirs(out_dir, exist_ok=True)
-    motions = MOTIONS[:classes]
+    motions = MOTIONS[:classes] if kinds is None else [m for k in kinds for m in MOTIONS if m[1] == k]
     with open(os.path.join(out_dir, "classInd.txt"), "w") as f:
         f.writelines(f"{i + 1} {name}\n" for i, (name, _, _) in enumerate(motions))
     train = {k: [] for k in range(1, SPLITS + 1)}
