@@ -68,7 +68,7 @@ class StudyConfig:
     size: int = 48
     resize_to: tuple = (48, 64)
     width_multiplier: float = 0.25
-    lr: float = 0.01
+    lr: float = None  # the paper's 0.01 per 32 clips, scaled to the batch: 0.0025 at batch 8
     schedule: str = "constant"
     weight_decay: float = 0.0
     nesterov: bool = False
@@ -523,7 +523,7 @@ def _summary_markdown(config, table, findings, twins, chance, test_set, command,
         f"{len(test_set)} test videos; chance Video@1 {100 * chance:.1f}%.",
         f"Networks: depth {config.depth}, width x{config.width_multiplier:g}, {config.size}x{config.size} crops, "
         f"frame stride {config.frame_stride}; {config.epochs} epoch(s), batch {config.batch_size}, "
-        f"lr {config.lr if config.lr is not None else 'paper-scaled'} ({config.schedule}), "
+        f"lr {_lr_text(config)} ({config.schedule}), "
         f"weight decay {config.weight_decay:g}; {config.test_clips} clips per test video.",
         "",
         f"## Table 2 at this scale (mean ± sd over {seeds} seed{'s' if seeds > 1 else ''}, %)",
@@ -552,6 +552,14 @@ def _summary_markdown(config, table, findings, twins, chance, test_set, command,
     lines += ["", "Plots: `curves.png` (train and validation clip error per epoch, R3D vs R(2+1)D), "
               "`clip_length.png`.", ""]
     return "\n".join(lines)
+
+
+def _lr_text(config):
+    if config.lr is not None:
+        return f"{config.lr:g}"
+    from keras_r21d.training.recipe import scaled_learning_rate
+
+    return f"{scaled_learning_rate(config.batch_size):g} (the paper's 0.01 per 32 clips at batch {config.batch_size})"
 
 
 def study_command(config):
@@ -610,7 +618,8 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, help=f"clips per batch (default {d.batch_size})")
     parser.add_argument("--size", type=int, help=f"crop size (default {d.size})")
     parser.add_argument("--width-multiplier", type=float, help=f"width multiplier (default {d.width_multiplier})")
-    parser.add_argument("--lr", type=float, help=f"learning rate (default {d.lr}, constant)")
+    parser.add_argument("--lr", type=float, help="learning rate, constant (default: the paper's 0.01 per 32 clips, "
+                                                 "scaled to the batch: 0.0025 at batch 8)")
     parser.add_argument("--weight-decay", type=float, help=f"weight decay (default {d.weight_decay})")
     parser.add_argument("--frame-stride", type=int, help=f"frame stride (default {d.frame_stride})")
     parser.add_argument("--test-clips", type=int, help=f"clips per test video (default {d.test_clips})")
