@@ -1,6 +1,7 @@
 """`keras-r21d bench` end to end at a toy size: both workers, the table, the JSON."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -28,3 +29,24 @@ def test_bench_runs_both_sides_and_reports(tmp_path):
     assert ("torchvision" in data["rows"][0]) == torch_available()
     assert result.stdout == markdown(data)
     assert "| r2plus1d_18 | train | 1 |" in result.stdout and "Input pipeline:" in result.stdout
+    assert data["settings"]["fold_batchnorm"] is True and "with BatchNorm folded" in result.stdout
+
+
+def test_profile_ops_reports_both_sides_by_category():
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "profile_ops.py")
+    result = subprocess.run(
+        [sys.executable, tool, "r2plus1d_18", "train", "1", "--shape", "4x32", "--steps", "1", "--warmup", "1"]
+        + ([] if torch_available() else ["--no-torch"]),
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
+            if line.startswith("| ") and "s/step (%)" not in line}
+    sides = 2 if torch_available() else 1
+    for name in ("conv forward", "conv backward"):
+        cells = rows[name]
+        assert len(cells) == sides
+        assert all(float(cell.split()[0]) > 0 for cell in cells), (name, cells)  # measured on every side
+    assert "Top op types, keras_r21d:" in result.stdout
+    assert "`Conv2DBackpropFilter` | conv backward" in result.stdout  # TensorFlow's op types, categorized
+    if torch_available():
+        assert "`aten::convolution_backward` | conv backward" in result.stdout

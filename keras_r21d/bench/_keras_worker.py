@@ -48,6 +48,43 @@ def _pipeline(command):
     return {"clips_per_second": count / (time.perf_counter() - start), "videos": len(dataset.paths)}
 
 
+def _profile(run, steps):
+    """Op kernel time per op type and step, from TensorFlow's profiler (the executor threads' op events)."""
+    import glob
+    import shutil
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tempfile.mkdtemp(prefix="keras_r21d_profile_")
+    try:
+        tf.profiler.experimental.start(logdir)
+        start = time.perf_counter()
+        for _ in range(steps):
+            run()
+        wall = (time.perf_counter() - start) / steps
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    ops = {}
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue  # op kernels run on the executor's threads; other lines are Python and Eigen workers
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" not in name or "::" in name:
+                    continue  # executor bookkeeping (`ExecutorState::Process`), not an op (`scope/name:OpType`)
+                op_type = name.rsplit(":", 1)[1]
+                if op_type.endswith("PartitionedCall"):
+                    continue  # a function call: its ops are counted themselves
+                ops[op_type] = ops.get(op_type, 0.0) + event.duration_ps / 1e12 / steps
+    return {"ops": ops, "wall_s": wall}
+
+
 def main(threads):
     import keras
     import numpy as np
@@ -89,7 +126,8 @@ def main(threads):
         a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
         return lambda: tf.linalg.matmul(a, b).numpy()
 
-    serve({"tensorflow": tf.__version__, "keras": keras.__version__}, setup, gemm, {"pipeline": _pipeline})
+    serve({"tensorflow": tf.__version__, "keras": keras.__version__}, setup, gemm, {"pipeline": _pipeline},
+          profile=_profile)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ def timed_median(function, reps):
     return sorted(times)[len(times) // 2]
 
 
-def serve(ready, setup, gemm, extra=None):
+def serve(ready, setup, gemm, extra=None, profile=None):
     """Answers commands until `exit` or end of input.
 
     `setup(command)` returns `(run, answer)`: the timed callable and the reply;
     `gemm(n)` returns a callable multiplying two `n x n` float32 matrices;
-    `extra` maps more op names to `f(command) -> answer`.
+    `extra` maps more op names to `f(command) -> answer`; `profile(run, steps)`
+    runs the set-up callable `steps` times under the framework's profiler and
+    returns `{"ops": {op name: seconds per step}, "wall_s": seconds per step}`.
     """
     state = {}
     handlers = dict(extra or {})
@@ -47,6 +49,8 @@ def serve(ready, setup, gemm, extra=None):
                 answer = {"seconds": time.perf_counter() - start}
             elif op == "gemm":
                 answer = {"gflops": 2 * command["n"] ** 3 / timed_median(gemm(command["n"]), command["reps"]) / 1e9}
+            elif op == "profile" and profile is not None:
+                answer = profile(state["run"], command["steps"])
             elif op == "memory":
                 answer = {"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
             elif op in handlers:

@@ -46,7 +46,22 @@ def main(threads):
         a, b = torch.randn(n, n), torch.randn(n, n)
         return lambda: torch.mm(a, b)
 
-    serve({"torch": torch.__version__, "torchvision": torchvision.__version__}, setup, gemm)
+    def profile(run, steps):
+        import time
+
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU]) as trace:
+            start = time.perf_counter()
+            for _ in range(steps):
+                run()
+            wall = (time.perf_counter() - start) / steps
+        # Self time: each operator's own time, without the operators it calls (no double counting).
+        ops = {event.key: event.self_cpu_time_total / 1e6 / steps for event in trace.key_averages()}
+        return {"ops": {name: t for name, t in ops.items() if t > 0}, "wall_s": wall}
+
+    serve({"torch": torch.__version__, "torchvision": torchvision.__version__}, setup, gemm, profile=profile)
 
 
 if __name__ == "__main__":
