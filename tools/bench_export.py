@@ -1,5 +1,6 @@
 """Deployment speed: TFLite R(2+1)D with 2D convolutions under XNNPACK vs a CONV_3D export, and
-SavedModel `classify_video` latency for a 10-second 320x240 video.
+SavedModel `classify_video` latency for a 10-second 320x240 video; each with BatchNorm folded into the
+convolutions (the exports' default) and, for comparison, kept.
 
     python tools/bench_export.py [--depth 18] [--frames 16] [--size 112] [--threads 2] [--repeats 5]
 
@@ -47,15 +48,19 @@ def main(argv=None):
     config = ClipConfig(clip_len=args.frames, crop=args.size, resize=resize_for_crop(args.size), test_clips=10)
     clip = np.random.default_rng(0).normal(size=(1, *shape)).astype("float32")
     rows = []
-    forward = tf.function(lambda x: model(x, training=False))
-    seconds = timed_median(lambda: forward(clip).numpy(), args.repeats)
-    rows.append({"what": "Keras (TensorFlow) inference, batch 1", "seconds": seconds})
+    for label, network in (("BatchNorm kept", model), ("BatchNorm folded", keras_r21d.fold_batchnorm(model))):
+        forward = tf.function(lambda x, network=network: network(x, training=False))
+        seconds = timed_median(lambda forward=forward: forward(clip).numpy(), args.repeats)
+        rows.append({"what": f"Keras (TensorFlow) inference, batch 1, {label}", "seconds": seconds})
 
     with tempfile.TemporaryDirectory() as folder:
-        for implementation, label in (("conv2d", "TFLite, (2+1)D as CONV_2D"), ("conv3d", "TFLite, CONV_3D export")):
-            path = os.path.join(folder, f"{implementation}.tflite")
+        for implementation, fold, label in (("conv2d", True, "TFLite, (2+1)D as CONV_2D, BatchNorm folded"),
+                                            ("conv2d", False, "TFLite, (2+1)D as CONV_2D, BatchNorm kept"),
+                                            ("conv3d", True, "TFLite, CONV_3D export, BatchNorm folded")):
+            path = os.path.join(folder, f"{implementation}_{fold}.tflite")
             start = time.perf_counter()
-            report = export_tflite(model, path, implementation=implementation, clip_config=config, check_data=clip)
+            report = export_tflite(model, path, implementation=implementation, clip_config=config, check_data=clip,
+                                   fold_batchnorm=fold)
             convert = time.perf_counter() - start
             for delegates in (True, False):
                 runner = interpreter(path, num_threads=args.threads, delegates=delegates)
@@ -70,31 +75,33 @@ def main(argv=None):
                     "what": f"{label}, {'XNNPACK' if delegates else 'builtin kernels'}",
                     "seconds": seconds, "conv3d_ops": report["ops"].get("CONV_3D", 0),
                     "conv2d_ops": report["ops"].get("CONV_2D", 0), "export_seconds": round(convert, 1),
+                    "mul_add_ops": report["ops"].get("MUL", 0) + report["ops"].get("ADD", 0),
                     "max_abs_diff": report["max_abs_diff"],
                 })
 
-        base = os.path.join(folder, "serving")
-        start = time.perf_counter()
-        export = export_saved_model(model, base, clip_config=config)
-        export_seconds = time.perf_counter() - start
-        loaded = tf.saved_model.load(export["path"])
-        classify = loaded.signatures["classify_video"]
         frames = int(round(args.video_seconds * 30))
         video = tf.constant(np.random.default_rng(1).integers(0, 256, (frames, 240, 320, 3), dtype=np.uint8))
-        seconds = timed_median(lambda: classify(frames=video)["probabilities"].numpy(), max(3, args.repeats // 2))
-        rows.append({"what": f"SavedModel classify_video, {args.video_seconds:g} s 320x240 at 30 fps "
-                             f"({frames} frames, 10 clips)", "seconds": seconds,
-                     "export_seconds": round(export_seconds, 1)})
+        for fold, label in ((True, "BatchNorm folded"), (False, "BatchNorm kept")):
+            base = os.path.join(folder, f"serving_{fold}")
+            start = time.perf_counter()
+            export = export_saved_model(model, base, clip_config=config, fold_batchnorm=fold)
+            export_seconds = time.perf_counter() - start
+            classify = tf.saved_model.load(export["path"]).signatures["classify_video"]
+            seconds = timed_median(lambda classify=classify: classify(frames=video)["probabilities"].numpy(),
+                                   max(3, args.repeats // 2))
+            rows.append({"what": f"SavedModel classify_video, {args.video_seconds:g} s 320x240 at 30 fps "
+                                 f"({frames} frames, 10 clips), {label}", "seconds": seconds,
+                         "export_seconds": round(export_seconds, 1)})
 
     print(f"R(2+1)D-{args.depth}, {args.frames}x{args.size}x{args.size}, 400 classes, {args.threads} threads, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; median of {args.repeats}")
-    print("| what | latency (s) | clips/s | CONV_3D ops |")
-    print("|---|---:|---:|---:|")
+    print("| what | latency (s) | clips/s | CONV_3D ops | MUL + ADD ops |")
+    print("|---|---:|---:|---:|---:|")
     for row in rows:
         clips = 10 if "classify_video" in row["what"] else 1
         row["clips_per_second"] = clips / row["seconds"]
         print(f"| {row['what']} | {row['seconds']:.3f} | {row['clips_per_second']:.2f} | "
-              f"{row.get('conv3d_ops', '')} |")
+              f"{row.get('conv3d_ops', '')} | {row.get('mul_add_ops', '')} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=2)

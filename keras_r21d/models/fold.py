@@ -118,6 +118,8 @@ def fold_batchnorm(model):
         conv = producer.get(layer.name)
         if not isinstance(conv, _CONVS) or len(consumers.get(conv.name, [])) != 1:
             continue
+        if conv.activation is not keras.activations.linear:
+            continue  # a BatchNorm after a nonlinearity is not an affine map of the conv's output
         if layer.axis not in (-1, 4):
             continue  # not a per-channel BatchNorm of a channels-last clip
         folded_bn[conv.name] = layer
