@@ -6,9 +6,9 @@ seeds at 8 and 16 frames, then writes a Table-2-style table, the
 train-vs-validation error curves of R3D and R(2+1)D at two depths, a
 clip-length study and a summary of which findings hold (see
 `keras_r21d.study`). The defaults use the synthetic motion dataset, whose
-classes differ only by the direction of motion, and take about 1.5 hours on
-2 CPU cores (`--seeds 0` about halves it); rerun the same command to resume
-an interrupted study.
+classes differ only by the direction of motion (left/right, up/down), and
+take about 70 minutes on 2 CPU cores (`--seeds 0` about halves it); rerun
+the same command to resume an interrupted study.
 
     python examples/paper_study.py --out study_out
     python examples/paper_study.py --data ucf101:/data/UCF101:split=1 --paper-recipe --out study_ucf101

@@ -47,10 +47,11 @@ class StudyConfig:
     """A study: which networks, how many seeds and clip lengths, and the shared training recipe.
 
     The defaults train 51 small networks on the synthetic motion dataset
-    (`data=None`: written to `OUT/synthetic`), about 1.5 hours on 2 CPU
-    cores (`seeds=(0,)` or `frames=(8,)` about halves it; docs/paper_study/
-    has the measured time). `paper_recipe()`
-    returns the paper's settings for real data (`data="ucf101:ROOT"`).
+    (`data=None`: written to `OUT/synthetic` with the classes of `motions`,
+    two per motion kind), about 70 minutes on 2 CPU cores (`seeds=(0,)` or
+    `frames=(8,)` about halves it; docs/paper_study/ has the measured time).
+    `paper_recipe()` returns the paper's settings for real data
+    (`data="ucf101:ROOT"`).
     """
 
     out: str = "study_out"
