@@ -145,13 +145,26 @@ class VideoConv(keras.layers.Layer):
             y = self.activation(y)
         return y
 
+    @staticmethod
+    def _same(kernel, strides, pad):
+        """Whether TensorFlow's `"same"` padding is this symmetric padding: stride 1, odd kernel, `k // 2`.
+
+        Then the convolution pads by itself, without a `Pad` op (and, when
+        training, its `Slice` gradient) over the whole activation.
+        """
+        return all(s == 1 and k % 2 == 1 and p == k // 2 for k, s, p in zip(kernel, strides, pad))
+
     def _conv3d(self, x):
+        if self._same(self.kernel_size, self.strides, self.padding):
+            return self._bias_activation(ops.conv(x, self.kernel, strides=1, padding="same"))
         pt, ph, pw = self.padding
         if any(self.padding):
             x = ops.pad(x, [[0, 0], [pt, pt], [ph, ph], [pw, pw], [0, 0]])
         return self._bias_activation(ops.conv(x, self.kernel, strides=self.strides, padding="valid"))
 
     def _conv2d(self, x, kernel, strides, pad):
+        if self._same(kernel.shape[:2], strides, pad):
+            return self._bias_activation(ops.conv(x, kernel, strides=1, padding="same"))
         if any(pad):
             x = ops.pad(x, [[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]])
         return self._bias_activation(ops.conv(x, kernel, strides=strides, padding="valid"))
