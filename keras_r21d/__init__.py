@@ -58,6 +58,6 @@ def export_tflite(*args, **kwargs):
 
 __all__ = [
     "FR2D", "MC2", "MC3", "MC4", "MC5", "R2D", "R3D", "RMC2", "RMC3", "RMC4", "RMC5", "R2Plus1D",
-    "VideoResNet", "evaluate", "export_saved_model", "export_tflite", "get_model",
+    "VideoResNet", "evaluate", "export_saved_model", "export_tflite", "fold_batchnorm", "get_model",
     "layers", "list_models", "model_stats", "train", "__version__",
 ]

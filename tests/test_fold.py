@@ -62,13 +62,14 @@ def test_folded_model_matches_inference(name, kwargs):
     scale = np.abs(expected).max()
     assert scale > 1.0  # the logits are not trivially small, so the tolerance below means something
     np.testing.assert_allclose(got, expected, atol=1e-4 * scale, rtol=1e-4)
-    assert not [l.name for l in _all_layers(folded) if isinstance(l, keras.layers.BatchNormalization)]
-    assert not [l.name for l in _all_layers(folded) if isinstance(l, keras.layers.ReLU)
-                and not l.name.endswith("_out")]  # only the ReLUs after a residual sum stay
-    convs = [l for l in _all_layers(folded) if isinstance(l, VideoConv)]
+    layers = _all_layers(folded)
+    assert not [layer.name for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert not [layer.name for layer in layers if isinstance(layer, keras.layers.ReLU)
+                and not layer.name.endswith("_out")]  # only the ReLUs after a residual sum stay
+    convs = [layer for layer in layers if isinstance(layer, VideoConv)]
     assert convs and all(c.use_bias for c in convs)  # every conv of these networks is followed by a BatchNorm
     # The folded copy has the same interface and layer names; the original is untouched.
-    assert [l.name for l in folded.layers] == [l.name for l in model.layers]
+    assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
     assert folded.input_shape == model.input_shape and folded.output_shape == model.output_shape
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
     np.testing.assert_array_equal(model(clips, training=False).numpy(), expected)
@@ -111,7 +112,7 @@ def test_folded_model_saves_and_loads_in_safe_mode(tmp_path):
     loaded = load_keras_model(path)
     clips = np.random.default_rng(3).normal(size=(2, *SHAPE)).astype("float32")
     np.testing.assert_allclose(loaded(clips).numpy(), folded(clips).numpy(), atol=1e-5)
-    assert not [l for l in _all_layers(loaded) if isinstance(l, keras.layers.BatchNormalization)]
+    assert not [layer for layer in _all_layers(loaded) if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def test_fold_refuses_a_non_functional_model():

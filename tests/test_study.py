@@ -23,8 +23,8 @@ def _run(*args):
 def test_toy_study_end_to_end(tmp_path):
     out = tmp_path / "study"
     toy = ["--variants", "r3d,r2plus1d", "--seeds", "0", "--epochs", "1", "--frames", "4", "--clip-lengths", "4,8",
-           "--curve-depths", "10", "--motions", "horizontal", "--videos-per-class", "8", "--size", "32", "--batch-size", "8",
-           "--test-clips", "2", "--out", str(out)]
+           "--curve-depths", "10", "--motions", "horizontal", "--videos-per-class", "8", "--size", "32",
+           "--batch-size", "8", "--test-clips", "2", "--out", str(out)]
     result = _run("examples/paper_study.py", *toy)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "3 trainings planned" in result.stdout  # two variants at 4 frames, plus R(2+1)D at 8 for clip lengths
