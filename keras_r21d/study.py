@@ -82,15 +82,13 @@ class StudyConfig:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variants {unknown}: choose from {list(VARIANTS)}")
-        from keras_r21d.data.synthetic import KINDS
+        from keras_r21d.data.synthetic import motion_classes
 
         for name in ("motions", "frames", "seeds", "curve_depths", "clip_lengths", "variants"):
             if not getattr(self, name):
                 raise ValueError(f"`{name}` must not be empty")
             setattr(self, name, tuple(getattr(self, name)))
-        if any(m not in KINDS for m in self.motions) or len(set(self.motions)) != len(self.motions):
-            raise ValueError(f"`motions` must be distinct motion kinds from {list(KINDS)}. "
-                             f"Received: {list(self.motions)}")
+        motion_classes(self.motions, "motions")
         if self.resize_to is not None:
             self.resize_to = tuple(self.resize_to)
 
@@ -190,9 +188,9 @@ def direction_accuracy(video_probabilities, video_labels):
 
 
 def _synthetic_names(motions):
-    from keras_r21d.data.synthetic import MOTIONS
+    from keras_r21d.data.synthetic import motion_classes
 
-    return [name for kind in motions for name, k, _ in MOTIONS if k == kind]
+    return [name for name, _, _ in motion_classes(motions)]
 
 
 def _is_synthetic(class_names):
@@ -204,7 +202,7 @@ def _is_synthetic(class_names):
     if not names or len(names) % 2 or any(n not in kinds for n in names):
         return False
     pairs = [kinds[names[i]] for i in range(0, len(names), 2)]
-    return names == _synthetic_names(pairs)
+    return len(set(pairs)) == len(pairs) and names == _synthetic_names(pairs)
 
 
 def _history(run_dir):

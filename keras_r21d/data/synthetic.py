@@ -37,6 +37,14 @@ MOTIONS = [
 ]
 MAX_CLASSES = len(MOTIONS)
 KINDS = tuple(dict.fromkeys(kind for _, kind, _ in MOTIONS))
+
+
+def motion_classes(kinds, name="kinds"):
+    """The `MOTIONS` entries of `kinds`, twin pairs in the order given; `ValueError` naming `name` if invalid."""
+    kinds = tuple(kinds)
+    if not kinds or any(k not in KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError(f"`{name}` must be distinct motion kinds from {list(KINDS)}. Received: {name}={list(kinds)}")
+    return [motion for kind in kinds for motion in MOTIONS if motion[1] == kind]
 SPLITS = 3
 
 
@@ -141,10 +149,7 @@ def make_synthetic_dataset(out_dir, classes=8, videos_per_class=24, frames=(32, 
         The dataset spec string, `"ucf101:OUT_DIR"`.
     """
     if kinds is not None:
-        unknown = [k for k in kinds if k not in KINDS]
-        if unknown or not kinds or len(set(kinds)) != len(kinds):
-            raise ValueError(f"`kinds` must be distinct motion kinds from {KINDS}. Received: kinds={kinds!r}")
-        classes = 2 * len(kinds)
+        classes = len(motion_classes(kinds))
     if not 2 <= classes <= MAX_CLASSES:
         raise ValueError(f"`classes` must be between 2 and {MAX_CLASSES}. Received: classes={classes}")
     if videos_per_class < 4:
@@ -156,7 +161,7 @@ def make_synthetic_dataset(out_dir, classes=8, videos_per_class=24, frames=(32, 
     if width < 16 or height < 16:
         raise ValueError(f"`size` must be at least 16x16. Received: size={size}")
     os.makedirs(out_dir, exist_ok=True)
-    motions = MOTIONS[:classes] if kinds is None else [m for k in kinds for m in MOTIONS if m[1] == k]
+    motions = MOTIONS[:classes] if kinds is None else motion_classes(kinds)
     with open(os.path.join(out_dir, "classInd.txt"), "w") as f:
         f.writelines(f"{i + 1} {name}\n" for i, (name, _, _) in enumerate(motions))
     train = {k: [] for k in range(1, SPLITS + 1)}
