@@ -118,10 +118,47 @@ def test_kinetics(tmp_path, a_video):
 def test_folder(tmp_path, a_video):
     for name in ["walk/a.mp4", "walk/b.avi", "run/c.mkv", "run/notes.txt"]:
         _place(a_video, str(tmp_path / name))
-    dataset = load_dataset(f"folder:{tmp_path}")
-    assert dataset.class_names == ["run", "walk"]
-    assert [os.path.basename(p) for p in dataset.paths] == ["c.mkv", "a.mp4", "b.avi"]
-    assert dataset.labels == [0, 1, 1]
+    # No train/ and test/: a stratified hold-out; a class of one video stays in training.
+    train = load_dataset(f"folder:{tmp_path}")
+    test = load_dataset(f"folder:{tmp_path}", "test")
+    assert train.class_names == test.class_names == ["run", "walk"]
+    assert sorted(os.path.basename(p) for p in train.paths + test.paths) == ["a.mp4", "b.avi", "c.mkv"]
+    assert len(test) == 1 and test.labels == [1] and not set(train.paths) & set(test.paths)
+    everything = load_dataset(f"folder:{tmp_path}:holdout=0")  # asked for by name: no hold-out
+    assert [os.path.basename(p) for p in everything.paths] == ["c.mkv", "a.mp4", "b.avi"]
+    assert everything.labels == [0, 1, 1]
+    assert load_dataset(f"folder:{tmp_path}:holdout=0", "test").paths == everything.paths
+
+
+def test_holdout_is_stratified_deterministic_and_seeded(tmp_path, a_video):
+    for label in ("a", "b", "c"):
+        for i in range(10):
+            _place(a_video, str(tmp_path / label / f"{i:02d}.avi"))
+    spec = f"folder:{tmp_path}"
+    train, test = load_dataset(spec), load_dataset(spec, "test")
+    assert len(train) == 24 and len(test) == 6
+    assert sorted(test.labels) == [0, 0, 1, 1, 2, 2]  # 20% of each class
+    assert not set(train.paths) & set(test.paths)
+    assert load_dataset(spec, "test").paths == test.paths  # the same split every time
+    other = load_dataset(f"{spec}:holdout_seed=3", "test")
+    assert sorted(other.labels) == [0, 0, 1, 1, 2, 2] and other.paths != test.paths
+    assert len(load_dataset(f"{spec}:holdout=0.5", "test")) == 15
+    # The split is a property of the files, not of where they are: a copy splits the same way.
+    shutil.copytree(tmp_path, tmp_path.parent / "copy")
+    copy = load_dataset(f"folder:{tmp_path.parent / 'copy'}", "test")
+    assert [os.path.relpath(p, tmp_path.parent / "copy") for p in copy.paths] == [
+        os.path.relpath(p, tmp_path) for p in test.paths]
+    for bad in ("holdout=1", "holdout=-0.1", "holdout=x"):
+        with pytest.raises(ValueError, match="holdout must be a fraction in"):
+            load_dataset(f"{spec}:{bad}")
+    with pytest.raises(ValueError, match="holdout_seed must be a non-negative integer"):
+        load_dataset(f"{spec}:holdout_seed=-1")
+    with pytest.raises(ValueError, match=r"Unknown option\(s\) \['holdout'\]"):
+        load_dataset("ucf101:/nowhere:holdout=0.2")  # the lists split UCF101 already
+    # A folder with train/ and test/ uses them.
+    for subset in ("train", "test"):
+        _place(a_video, str(tmp_path / "split" / subset / "x" / "v.avi"))
+    assert len(load_dataset(f"folder:{tmp_path / 'split'}", "test")) == 1
 
 
 def test_csv_manifest(tmp_path, a_video):
@@ -129,8 +166,12 @@ def test_csv_manifest(tmp_path, a_video):
     _place(a_video, str(tmp_path / "clips" / "y.avi"))
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label\nclips/x.avi,jump\nclips/y.avi,clap\n")
-    dataset = load_dataset(f"csv:{manifest}")
+    dataset = load_dataset(f"csv:{manifest}:holdout=0")
     assert dataset.class_names == ["clap", "jump"] and dataset.labels == [1, 0]
+    # Without a split column, the same stratified hold-out as folder: (one video per class: all train).
+    assert len(load_dataset(f"csv:{manifest}")) == 2 and len(load_dataset(f"csv:{manifest}", "test")) == 0
+    manifest.write_text("path,label,split\nclips/x.avi,jump,train\nclips/y.avi,jump,test\n")
+    assert [os.path.basename(p) for p in load_dataset(f"csv:{manifest}", "test").paths] == ["y.avi"]
     manifest.write_text("path,label\nclips/x.avi,jump,extra\n")
     with pytest.raises(DatasetFormatError, match=r"manifest.csv:2: expected 2 fields, got 3"):
         load_dataset(f"csv:{manifest}")
@@ -147,7 +188,8 @@ def test_csv_manifest_outside_root_when_allowed(tmp_path, a_video):
     (tmp_path / "m").mkdir()
     manifest = tmp_path / "m" / "manifest.csv"
     manifest.write_text("path,label\n../elsewhere/x.avi,jump\n")
-    with pytest.raises(DatasetFormatError, match="outside"):
+    with pytest.raises(DatasetFormatError, match="outside the dataset root .*: append :allow_outside=yes to the "
+                                                 r"dataset spec \(allow_outside=True in Python\)"):
         load_dataset(f"csv:{manifest}")
     assert len(load_dataset(f"csv:{manifest}", allow_outside=True)) == 1
     assert len(load_dataset(f"csv:{manifest}:allow_outside=yes")) == 1  # the same from a command's spec
@@ -169,3 +211,20 @@ def test_spec_parsing():
         load_dataset("ucf101:/nowhere")
     with pytest.raises(DatasetFormatError, match="/nowhere: not a directory"):
         load_dataset("folder:/nowhere")
+
+
+def test_one_rule_for_links_in_every_layout(tmp_path, a_video):
+    """A link inside the root (e.g. a folder of links to the videos) is the owner's choice: every layout follows it;
+    a path that leaves the root as written is refused in every layout."""
+    _place(a_video, str(tmp_path / "store" / "real.avi"))
+    root = tmp_path / "data"
+    (root / "jump").mkdir(parents=True)
+    os.symlink(tmp_path / "store" / "real.avi", root / "jump" / "linked.avi")
+    (root / "manifest.csv").write_text("path,label\njump/linked.avi,jump\n")
+    by_folder = load_dataset(f"folder:{root}")
+    by_csv = load_dataset(f"csv:{root / 'manifest.csv'}")
+    assert [os.path.basename(p) for p in by_folder.paths] == [os.path.basename(p) for p in by_csv.paths] == [
+        "linked.avi"]
+    (root / "manifest.csv").write_text("path,label\n../store/real.avi,jump\n")
+    with pytest.raises(DatasetFormatError, match="manifest.csv:2: path '../store/real.avi' resolves outside"):
+        load_dataset(f"csv:{root / 'manifest.csv'}")

@@ -8,10 +8,16 @@
 import csv
 import dataclasses
 import glob
+import hashlib
 import os
+import random
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 SUBSETS = ("train", "test")
+# Layouts without a train/test split of their own (`folder:` without train/ and test/, `csv:` without a
+# split column) hold out this share of each class's videos for testing, chosen by `HOLDOUT_SEED`.
+HOLDOUT = 0.2
+HOLDOUT_SEED = 0
 
 
 class DatasetFormatError(ValueError):
@@ -53,19 +59,38 @@ class VideoDataset:
             self.name, [self.paths[i] for i in indices], [self.labels[i] for i in indices], list(self.class_names)
         )
 
+    def fingerprint(self):
+        """A hash of the video list and labels (paths relative to their common folder, label names)."""
+        digest = hashlib.sha256()
+        if self.paths:
+            root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in self.paths])
+            for path, label in sorted(zip(self.paths, self.labels)):
+                digest.update(f"{os.path.relpath(os.path.abspath(path), root)}\t{self.class_names[label]}\n".encode(
+                    "utf-8", "surrogateescape"))
+        return f"{len(self.paths)} videos, sha256 {digest.hexdigest()[:16]}"
+
+
+OUTSIDE_HINT = "append :allow_outside=yes to the dataset spec (allow_outside=True in Python) to accept it"
+
 
 def _inside(root, relative, list_file, line, allow_outside):
-    """Joins `relative` to `root`, refusing paths that leave it unless allowed."""
+    """Joins `relative` to `root`, refusing paths that leave it unless allowed.
+
+    One rule for every layout: the path as the list (or folder) names it,
+    normalized, must stay inside the root; symbolic links on disk are
+    followed (they are the dataset owner's, e.g. a folder of links to the
+    videos).
+    """
     if "\x00" in relative:
         raise DatasetFormatError(list_file, line, f"path {relative!r} contains a NUL character")
     if os.path.isabs(relative) and not allow_outside:
-        raise DatasetFormatError(list_file, line, f"absolute path {relative!r} is not allowed (allow_outside=True)")
+        raise DatasetFormatError(list_file, line, f"absolute path {relative!r} is not allowed: {OUTSIDE_HINT}")
     path = os.path.normpath(os.path.join(root, relative))
     if not allow_outside:
-        real_root = os.path.realpath(root)
-        if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        base = os.path.abspath(root)
+        if os.path.commonpath([base, os.path.abspath(path)]) != base:
             raise DatasetFormatError(
-                list_file, line, f"path {relative!r} resolves outside the dataset root {root} (allow_outside=True)"
+                list_file, line, f"path {relative!r} resolves outside the dataset root {root}: {OUTSIDE_HINT}"
             )
     return path
 
@@ -262,11 +287,49 @@ def _kinetics_rows(csv_file):
     return rows
 
 
-def load_folder(root, subset="train", split=None, missing="error", allow_outside=False):
-    """A folder per class: `ROOT/<class>/*.mp4`. If `ROOT/train/` and `ROOT/test/` exist they are the subsets."""
+def holdout_indices(paths, labels, subset, fraction=HOLDOUT, seed=HOLDOUT_SEED):
+    """The indices of `subset` in a deterministic, stratified hold-out split.
+
+    In each class (videos sorted by path, then shuffled with a generator
+    seeded by `seed` and the class), `round(n * fraction)` videos go to
+    `"test"` (at least one, at most `n - 1`, for a class of two or more
+    videos) and the rest to `"train"`. The same files and arguments always
+    give the same split, on any machine. `fraction=0` is no split: both
+    subsets are all the videos (validation on the training videos, as asked).
+    """
+    if fraction == 0:
+        return list(range(len(paths)))
+    by_class = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(label, []).append(index)
+    chosen = []
+    for label, indices in sorted(by_class.items()):
+        indices = sorted(indices, key=lambda i: paths[i])
+        random.Random(f"{seed}:{label}:{len(indices)}").shuffle(indices)
+        held = min(max(round(len(indices) * fraction), 1), len(indices) - 1) if len(indices) > 1 else 0
+        chosen += indices[:held] if subset == "test" else indices[held:]
+    return sorted(chosen)
+
+
+def _apply_holdout(paths, labels, subset, holdout):
+    fraction, seed = holdout
+    keep = holdout_indices(paths, labels, subset, fraction, seed)
+    return [paths[i] for i in keep], [labels[i] for i in keep]
+
+
+def load_folder(root, subset="train", split=None, missing="error", allow_outside=False, holdout=(HOLDOUT,
+                                                                                                 HOLDOUT_SEED)):
+    """A folder per class: `ROOT/<class>/*.mp4`. If `ROOT/train/` and `ROOT/test/` exist they are the subsets.
+
+    Without them, a stratified hold-out (`holdout=(fraction, seed)`, default
+    20% of each class, seed 0) is the test subset and the rest the training
+    subset. Files (or links) resolving outside `ROOT` are refused unless
+    `allow_outside`, as in every other layout.
+    """
     if not os.path.isdir(root):
         raise DatasetFormatError(root, None, "not a directory")
-    base = os.path.join(root, subset) if os.path.isdir(os.path.join(root, subset)) else root
+    has_subsets = all(os.path.isdir(os.path.join(root, s)) for s in SUBSETS)
+    base = os.path.join(root, subset) if has_subsets else root
     class_names = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
     if not class_names:
         raise DatasetFormatError(base, None, "no class folders")
@@ -275,16 +338,21 @@ def load_folder(root, subset="train", split=None, missing="error", allow_outside
         folder = os.path.join(base, name)
         for file in sorted(os.listdir(folder)):
             if file.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(os.path.join(folder, file)):
-                paths.append(os.path.join(folder, file))
+                paths.append(_inside(root, os.path.join(os.path.relpath(folder, root), file), folder, None,
+                                     allow_outside))
                 labels.append(label)
+    if not has_subsets:
+        paths, labels = _apply_holdout(paths, labels, subset, holdout)
     return paths, labels, class_names, []
 
 
-def load_csv(path, subset="train", split=None, missing="error", allow_outside=False):
+def load_csv(path, subset="train", split=None, missing="error", allow_outside=False, holdout=(HOLDOUT,
+                                                                                             HOLDOUT_SEED)):
     """A CSV manifest with a header `path,label[,split]`; paths relative to the CSV's folder.
 
     Labels are class names (sorted to indices). With a `split` column, only
-    rows of the requested subset are used.
+    rows of the requested subset are used; without one, a stratified
+    hold-out (`holdout=(fraction, seed)`, as for `folder:`) is the test subset.
     """
     lines = _read_lines(path)
     if not lines or [h.strip() for h in lines[0].split(",")][:2] != ["path", "label"]:
@@ -311,6 +379,8 @@ def load_csv(path, subset="train", split=None, missing="error", allow_outside=Fa
         if _check_exists(video, path, number, missing, skipped):
             paths.append(video)
             labels.append(class_index[item["label"]])
+    if "split" not in header:
+        paths, labels = _apply_holdout(paths, labels, subset, holdout)
     return paths, labels, class_names, skipped
 
 
@@ -321,6 +391,9 @@ LOADERS = {
     "folder": load_folder,
     "csv": load_csv,
 }
+
+
+HOLDOUT_LOADERS = ("folder", "csv")
 
 
 def parse_spec(spec):
@@ -364,9 +437,10 @@ def load_dataset(spec, subset="train", missing=None, allow_outside=False):
     if subset not in SUBSETS:
         raise ValueError(f"`subset` must be one of {SUBSETS}. Received: subset={subset!r}")
     kind, path, options = parse_spec(spec)
-    known = {"split", "missing", "allow_outside"}
+    known = {"split", "missing", "allow_outside"} | ({"holdout", "holdout_seed"} if kind in HOLDOUT_LOADERS else set())
     if set(options) - known:
-        raise ValueError(f"Unknown option(s) {sorted(set(options) - known)} in dataset spec {spec!r}")
+        raise ValueError(f"Unknown option(s) {sorted(set(options) - known)} in dataset spec {spec!r} "
+                         f"(a {kind}: spec takes {', '.join(sorted(known))})")
     if "allow_outside" in options:
         if options["allow_outside"] not in ("yes", "no"):
             raise ValueError(f"allow_outside must be 'yes' or 'no'. Received: {options['allow_outside']!r}")
@@ -381,9 +455,45 @@ def load_dataset(spec, subset="train", missing=None, allow_outside=False):
         elif split not in ("1", "2", "3"):
             raise ValueError(f"{kind} split must be 1, 2 or 3. Received: split={split!r}")
         split = int(split)
+    extra = {}
+    if kind in HOLDOUT_LOADERS:
+        extra["holdout"] = _holdout_option(spec, options)
     paths, labels, class_names, skipped = LOADERS[kind](
-        path, subset=subset, split=split, missing=missing, allow_outside=allow_outside
+        path, subset=subset, split=split, missing=missing, allow_outside=allow_outside, **extra
     )
     dataset = VideoDataset(str(spec), paths, labels, class_names)
     dataset.skipped = skipped
     return dataset
+
+
+def _holdout_option(spec, options):
+    """`(fraction, seed)` from a spec's `holdout=` and `holdout_seed=` options."""
+    try:
+        fraction = float(options.get("holdout", HOLDOUT))
+        if not 0 <= fraction < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"holdout must be a fraction in [0, 1) (0: validate on the training videos). "
+                         f"Received: holdout={options['holdout']!r} in {spec!r}") from None
+    seed = options.get("holdout_seed", str(HOLDOUT_SEED))
+    if not seed.isdecimal():
+        raise ValueError(f"holdout_seed must be a non-negative integer. Received: {seed!r} in {spec!r}")
+    return fraction, int(seed)
+
+
+def split_description(spec):
+    """How a spec's videos are split into train and test, for the run record."""
+    kind, path, options = parse_spec(spec)
+    if kind == "folder" and all(os.path.isdir(os.path.join(path, s)) for s in SUBSETS):
+        return {"kind": "folders", "detail": "ROOT/train/ and ROOT/test/"}
+    if kind == "csv":
+        try:
+            header = _read_lines(path)[0]
+        except (DatasetFormatError, IndexError):
+            header = ""
+        if "split" in [h.strip() for h in header.split(",")]:
+            return {"kind": "column", "detail": "the CSV's split column"}
+    if kind in HOLDOUT_LOADERS:
+        fraction, seed = _holdout_option(spec, options)
+        return {"kind": "holdout", "fraction": fraction, "seed": seed}
+    return {"kind": "lists", "detail": f"the {kind} split files"}
