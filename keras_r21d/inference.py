@@ -2,9 +2,12 @@
 
 `load_predictor(path)` picks the backend from the path. Every backend gives
 the evaluator's video-level answer: `test_clips` uniformly spaced clips,
-center-cropped, softmax averaged. `.keras` and `.tflite` decode only the
-frames those clips need; a SavedModel gets the whole video and runs its own
-`classify_video` signature (the same protocol, in its graph).
+center-cropped, softmax averaged. Every backend decodes only the frames those
+clips need, shrunk to the pre-crop size as they are decoded, so memory
+follows the clip geometry, not the video's resolution or length; a
+SavedModel then runs its `serving_default` signature on the clips (its
+`classify_video` signature, which takes a whole decoded video, is for TF
+Serving clients).
 """
 
 import dataclasses
@@ -15,8 +18,7 @@ import tensorflow as tf
 
 from keras_r21d.data import transforms
 from keras_r21d.data.pipeline import ClipConfig, read_test_clips
-from keras_r21d.data.video import MAX_DECODE_PIXELS, read_video
-from keras_r21d.export.graph import MAX_VIDEO_PIXELS
+from keras_r21d.data.video import MAX_DECODE_PIXELS
 
 
 def _clip_config(values, clips=None):
@@ -115,7 +117,7 @@ class KerasPredictor(Predictor):
 class SavedModelPredictor(Predictor):
     kind = "saved_model"
 
-    def __init__(self, path, clips=None, max_pixels=None):
+    def __init__(self, path, clips=None, max_pixels=MAX_DECODE_PIXELS):
         from keras_r21d.export.saved_model import load_metadata
 
         directory = _saved_model_dir(path)
@@ -128,16 +130,13 @@ class SavedModelPredictor(Predictor):
         if missing:
             raise ValueError(f"{path}: not a keras_r21d export (missing signatures {sorted(missing)})")
         config = _clip_config(metadata["clip_config"]) if metadata else ClipConfig()
-        # The export's own limit (its graph refuses more) unless a smaller one is asked for.
-        limit = metadata.get("max_video_pixels", MAX_VIDEO_PIXELS)
-        self.max_pixels = min(limit, max_pixels) if max_pixels else limit
+        config = dataclasses.replace(config, max_pixels=max_pixels)
         classes = int(self.loaded.signatures["classify_video"].structured_outputs["probabilities"].shape[-1])
         super().__init__(directory, config, metadata.get("class_names") or [f"class_{i}" for i in range(classes)])
 
     def video_probabilities(self, video):
-        frames = read_video(video, self.max_pixels)
-        outputs = self.loaded.signatures["classify_video"](frames=tf.constant(frames))
-        return outputs["clip_probabilities"].numpy(), outputs["probabilities"].numpy()
+        clip_probs = self.loaded.signatures["serving_default"](clips=self._clips(video))["probabilities"].numpy()
+        return clip_probs, clip_probs.mean(axis=0)
 
     def clip_features(self, video):
         return self.loaded.signatures["extract_features"](clips=self._clips(video))["features"].numpy()
@@ -174,18 +173,18 @@ def load_predictor(path, clips=None, frames=None, size=None, max_pixels=None):
     `.keras` files load with Keras' `safe_mode` on. SavedModels are programs:
     load only those you trust.
 
-    `max_pixels` bounds the memory one video may take: `.keras` and `.tflite`
-    predictors refuse a video whose test-clip frames exceed it (frames x
-    height x width; default `MAX_DECODE_PIXELS`, 2^30), a SavedModel one
-    whose whole video exceeds it or the export's `max_video_pixels` (2^28 by
-    default), whichever is smaller. A refused video raises
-    `VideoDecodeError` naming the file and the numbers, before decoding.
+    `max_pixels` bounds the memory one video may take: a predictor refuses a
+    video whose test-clip frames, at the size they are decoded at (the
+    pre-crop size, or the video's own when smaller), exceed it (clip frames x
+    height x width; default `MAX_DECODE_PIXELS`, 2^30). A refused video
+    raises `VideoDecodeError` naming the file and the numbers, before
+    decoding.
     """
+    limit = MAX_DECODE_PIXELS if max_pixels is None else max_pixels
     if os.path.isdir(path):
-        return SavedModelPredictor(path, clips, max_pixels=max_pixels)
+        return SavedModelPredictor(path, clips, max_pixels=limit)
     if not os.path.isfile(path):
         raise ValueError(f"model not found: {path}")
-    limit = MAX_DECODE_PIXELS if max_pixels is None else max_pixels
     if path.endswith(".tflite"):
         return TFLitePredictor(path, clips, max_pixels=limit)
     if path.endswith(".keras"):

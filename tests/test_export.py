@@ -467,12 +467,12 @@ def test_cli_predict_refuses_videos_above_the_pixel_limit(run_dir, videos, tmp_p
     assert f"skipped {videos['long']}: 32 frames of 80x60 exceed the limit of 100000 pixels" in result.stderr
     answers = json.loads(result.stdout)
     assert "error" in answers[0] and answers[1]["top"]
-    # A SavedModel gets the whole video: 50 frames of 80x60 = 240,000 pixels; 9 of 64x48 = 27,648.
+    # A SavedModel's predictor decodes the same test clips (not the whole video), under the same limit.
     _cli("export", "--model", model, "--out", str(tmp_path / "serving"), "--clips", "4")
     result = _cli("predict", "--model", str(tmp_path / "serving"), videos["long"], videos["short"],
                   "--max-pixels", "100000", check=False)
     assert result.returncode == 1
-    assert "50 frames of 80x60 exceed the limit of 100000 pixels" in result.stderr
+    assert "32 frames of 80x60 exceed the limit of 100000 pixels" in result.stderr
     assert videos["short"] in result.stdout
 
 

@@ -175,7 +175,8 @@ def test_decoded_pixels_are_limited_before_decoding(tmp_path):
         read_video(path, max_pixels=60_000)
     assert read_video(path, max_pixels=20 * 64 * 48).shape == (20, 48, 64, 3)
     # Clips: the frames asked for count (repeats included), at the decode size when one is given.
-    with pytest.raises(VideoDecodeError, match=r"30 frames of 64x48 exceed the limit of 50000 pixels"):
+    with pytest.raises(VideoDecodeError, match=r"30 clip frames \(20 distinct frames of the video\) of 64x48 exceed "
+                                               "the limit of 50000 pixels"):
         decode_clip(path, lambda n, fps: np.arange(30) % n, max_pixels=50_000)
     frames, _, _ = decode_clip(path, lambda n, fps: np.arange(30) % n, size=(24, 32), max_pixels=50_000)
     assert frames.shape == (30, 24, 32, 3)
@@ -190,3 +191,96 @@ def test_a_frame_above_8192x8192_is_refused(tmp_path):
                     "-frames:v", "1", "-c:v", "mjpeg", path], check=True, timeout=120)
     with pytest.raises(VideoDecodeError, match="frames of 8200x8200 exceed the limit of 67108864 pixels per frame"):
         decode_clip(path, lambda n, fps: [0], size=(112, 112))
+
+
+# The codec table the README documents: what decodes with opencv-python-headless's FFmpeg, and how what does
+# not is reported. (name, ffmpeg output options, file name, expected decoded (height, width) or None).
+CODECS = [
+    ("H.264", ["-c:v", "libx264", "-pix_fmt", "yuv420p"], "h264.mp4", (64, 96)),
+    ("10-bit H.264", ["-c:v", "libx264", "-pix_fmt", "yuv420p10le"], "h264_10bit.mp4", (64, 96)),
+    ("HEVC", ["-c:v", "libx265", "-x265-params", "log-level=error"], "hevc.mp4", (64, 96)),
+    ("VP9", ["-c:v", "libvpx-vp9"], "vp9.webm", (64, 96)),
+    ("MPEG-4", ["-c:v", "mpeg4"], "mpeg4.avi", (64, 96)),
+    ("MJPEG", ["-c:v", "mjpeg"], "mjpeg.avi", (64, 96)),
+    ("FFV1", ["-c:v", "ffv1"], "ffv1.mkv", (64, 96)),
+    ("AV1", ["-c:v", "libaom-av1", "-cpu-used", "8"], "av1.mp4", None),
+]
+
+
+def _encode(path, options, frames=30):
+    import subprocess
+
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=25",
+                    "-frames:v", str(frames), *options, str(path)], check=True, timeout=300)
+    return str(path)
+
+
+@pytest.mark.skipif(not videos.ffmpeg_available(), reason="needs ffmpeg (installed by make test)")
+@pytest.mark.parametrize("name, options, filename, shape", CODECS, ids=[c[0] for c in CODECS])
+def test_codec_table(name, options, filename, shape, tmp_path):
+    from keras_r21d.data.video import read_video
+
+    path = _encode(tmp_path / filename, options)
+    if shape is None:
+        with pytest.raises(VideoDecodeError, match=f"{name}: not supported by this OpenCV/FFmpeg build .*re-encode "
+                                                   "to H.264"):
+            read_video(path)
+        return
+    frames = read_video(path)
+    assert frames.shape == (30, *shape, 3) and frames.dtype == np.uint8
+    assert frames.std() > 10  # a test pattern, not a black frame
+
+
+@pytest.mark.skipif(not videos.ffmpeg_available(), reason="needs ffmpeg (installed by make test)")
+def test_rotated_phone_video_comes_out_as_a_player_shows_it(tmp_path):
+    import subprocess
+
+    from keras_r21d.data.video import read_video
+
+    plain = _encode(tmp_path / "plain.mp4", ["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+    rotated = str(tmp_path / "rotated.mp4")  # a display matrix of 90 degrees, as phones write
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", plain, "-c", "copy", "-metadata:s:v:0", "rotate=90",
+                    rotated], check=True, timeout=120)
+    assert read_video(plain).shape == (30, 64, 96, 3)
+    assert read_video(rotated).shape == (30, 96, 64, 3)
+
+
+@pytest.mark.skipif(not videos.ffmpeg_available(), reason="needs ffmpeg (installed by make test)")
+def test_ffmpeg_log_lines_stay_quiet(tmp_path):
+    """FFmpeg's own messages (several per AV1 file) do not reach stderr; the reason is in the error."""
+    import subprocess
+    import sys
+
+    path = _encode(tmp_path / "av1.mp4", ["-c:v", "libaom-av1", "-cpu-used", "8"])
+    script = ("import sys\nfrom keras_r21d.data.video import VideoDecodeError, read_video\n"
+              "try:\n    read_video(sys.argv[1])\nexcept VideoDecodeError as e:\n    print(e.reason)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    result = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=120,
+                            env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.stdout.startswith("AV1: not supported"), result.stdout + result.stderr
+    assert "[av1 @" not in result.stderr and "hardware accelerated" not in result.stderr, result.stderr
+
+
+def test_frames_are_shrunk_to_the_pre_crop_size_as_they_are_decoded(tmp_path):
+    """Memory follows the clip geometry: a large video's frames come out at the pre-crop size, and the clips the
+    graph then makes are those of the full-size frames (both bilinear), up to uint8 rounding."""
+    from keras_r21d.data import ClipConfig, transforms
+    from keras_r21d.data.pipeline import read_test_clips
+    from keras_r21d.data.video import read_frames
+
+    large = videos.write_opencv(tmp_path / "large.avi", videos.moving_frames(24, height=240, width=320), "MJPG")
+    config = ClipConfig(clip_len=4, test_clips=3, resize=(48, 64), crop=40)
+    clips = read_test_clips(large, config)
+    assert clips.shape == (3, 4, 48, 64, 3)
+    full = read_frames(large, np.arange(24))
+    starts = [0, 10, 20]
+    reference = np.stack([full[s:s + 4] for s in starts])
+    expected = transforms.eval_transform(reference, config.resize, config.crop).numpy()
+    got = transforms.eval_transform(clips, config.resize, config.crop).numpy()
+    assert np.abs(got - expected).max() < 2.5 / 255 / 0.2  # at most ~2 grey levels, normalized
+    # Smaller videos keep their size: the graph upsamples them exactly as before.
+    small = videos.write_opencv(tmp_path / "small.avi", videos.moving_frames(24, height=24, width=32), "MJPG")
+    assert read_test_clips(small, config).shape == (3, 4, 24, 32, 3)
+    # A short side (int) works too.
+    short = ClipConfig(clip_len=4, test_clips=3, resize=60, crop=40)
+    assert read_test_clips(large, short).shape == (3, 4, 60, 80, 3)

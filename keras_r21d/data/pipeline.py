@@ -140,24 +140,26 @@ def read_test_clips(path, config):
     Raises `VideoDecodeError` naming the file if it cannot be decoded within
     `config.decode_timeout`.
     """
-    frames = run_with_timeout(
-        lambda: decode_clip(path, _chooser(path, config, _test_starts(config)), size=config.decode_size,
-                            max_pixels=config.max_pixels)[0],
-        config.decode_timeout,
-        path,
-    )
+    frames = run_with_timeout(lambda: _decode_frames(path, config, _test_starts(config)), config.decode_timeout, path)
     return frames.reshape(config.test_clips, config.clip_len, *frames.shape[1:])
+
+
+def _decode_frames(path, config, starts_for):
+    """The uint8 frames of one video's clips: only the frames they need, large ones shrunk as they are decoded.
+
+    Frames of more than `video.SHRINK_ABOVE` times the pre-crop size's
+    pixels come out at the pre-crop size (`video.shrunk_size`), so memory
+    follows the clip geometry, not the video's resolution or length;
+    `config.decode_size`, when set, is the size instead.
+    """
+    return decode_clip(path, _chooser(path, config, starts_for), size=config.decode_size,
+                       max_pixels=config.max_pixels, shrink_to=None if config.decode_size else config.resize)[0]
 
 
 def _decode(path, config, log, starts_for):
     """Decodes one video's clips; on failure logs it and returns `(empty, False)`."""
     try:
-        frames = run_with_timeout(
-            lambda: decode_clip(path, _chooser(path, config, starts_for), size=config.decode_size,
-                                max_pixels=config.max_pixels)[0],
-            config.decode_timeout,
-            path,
-        )
+        frames = run_with_timeout(lambda: _decode_frames(path, config, starts_for), config.decode_timeout, path)
     except VideoDecodeError as error:
         log.fail(path, error.reason)
         return np.zeros((0, 1, 1, 3), np.uint8), False

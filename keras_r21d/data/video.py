@@ -10,8 +10,17 @@ import os
 import threading
 import time
 
-import cv2
-import numpy as np
+# FFmpeg's and OpenCV's own log lines (e.g. "Your platform doesn't support hardware accelerated AV1
+# decoding", several per file) say nothing a caller is not told by the `VideoDecodeError` reasons here:
+# silenced unless the environment asks for them (`keras-r21d --verbose` does).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+if os.environ["OPENCV_LOG_LEVEL"] == "ERROR":  # also when cv2 was imported (and read the variable) before us
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 # Below this many frames between two needed frames we grab() through instead
 # of seeking (a seek decodes from the previous keyframe anyway).
@@ -25,6 +34,34 @@ MAX_FRAME_PIXELS = 8192 * 8192
 # video's 10 test clips of 16 frames are 332 M pixels; the same at 4K (1.3 G pixels) needs a larger limit
 # or `decode_size`.
 MAX_DECODE_PIXELS = 2**30
+# Frames with more than this many times the pre-crop size's pixels are shrunk to it as they are decoded.
+SHRINK_ABOVE = 4
+
+
+# Codecs that the FFmpeg inside opencv-python(-headless) cannot decode in software (it opens their files
+# and then decodes no frame): FOURCC -> name. Checked by tests/test_video.py's codec table.
+UNSUPPORTED_CODECS = {"AV01": "AV1", "av01": "AV1"}
+CODEC_NAMES = {"avc1": "H.264", "h264": "H.264", "H264": "H.264", "hev1": "HEVC", "hvc1": "HEVC", "hevc": "HEVC",
+               "VP90": "VP9", "vp09": "VP9", "VP80": "VP8", "mp4v": "MPEG-4", "FMP4": "MPEG-4", "XVID": "MPEG-4",
+               "MJPG": "MJPEG", "ffv1": "FFV1", **UNSUPPORTED_CODECS}
+
+
+def codec_of(cap):
+    """The video codec of an open capture, as a name (`"H.264"`, `"AV1"`, ...) or its FOURCC."""
+    code = int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF
+    fourcc = "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00 ")
+    if not fourcc.isprintable():
+        return "an unknown codec"
+    return CODEC_NAMES.get(fourcc, fourcc or "an unknown codec")
+
+
+def _no_frames_reason(cap):
+    """Why a file that opened decodes no frame: the codec when this build lacks it, else the plain fact."""
+    codec = codec_of(cap)
+    if codec in UNSUPPORTED_CODECS.values():
+        return (f"{codec}: not supported by this OpenCV/FFmpeg build (opencv-python decodes no {codec}); re-encode "
+                "to H.264, e.g. ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4")
+    return f"no decodable frames ({codec})"
 
 
 class VideoDecodeError(Exception):
@@ -61,7 +98,7 @@ class _Capture:
         return False
 
 
-def _to_rgb_into(frame, out):
+def _to_rgb_into(frame, out, interpolation=cv2.INTER_AREA):
     """Converts a decoded BGR, BGRA or grayscale frame to RGB in `out` (resizing if its size differs)."""
     if frame.ndim == 2:
         code = cv2.COLOR_GRAY2RGB
@@ -72,7 +109,30 @@ def _to_rgb_into(frame, out):
     if frame.shape[:2] == out.shape[:2]:
         cv2.cvtColor(frame, code, dst=out)
     else:
-        cv2.resize(cv2.cvtColor(frame, code), (out.shape[1], out.shape[0]), dst=out, interpolation=cv2.INTER_AREA)
+        # Resize first (3 channels either way for colour input), so the colour conversion runs on the small frame.
+        small = cv2.resize(frame, (out.shape[1], out.shape[0]), interpolation=interpolation)
+        cv2.cvtColor(small, code, dst=out)
+
+
+def shrunk_size(height, width, target):
+    """The size frames of `height x width` are decoded at to be resized to `target` later.
+
+    `target` is `(height, width)` or an int short side (as `ClipConfig.resize`).
+    Frames with more than `SHRINK_ABOVE` times the target's pixels come out
+    at the target (bilinear, as the graph's own resize, which then has
+    nothing left to do), so that decoded clips take at most that many times
+    the memory of the clip geometry, whatever the video's resolution. Other
+    frames keep their size and the graph resizes them, exactly as the serving
+    graph does: the paper's 320x240 UCF101/HMDB51 frames (3.5x the 128x171
+    pre-crop size) decode bit for bit as before.
+    """
+    if target is None or height * width == 0:
+        return height, width
+    if isinstance(target, (int, np.integer)):
+        scale = int(target) / min(height, width)
+        target = (int(round(height * scale)), int(round(width * scale)))
+    target = (int(target[0]), int(target[1]))
+    return target if target[0] * target[1] * SHRINK_ABOVE < height * width else (height, width)
 
 
 def _count_by_grabbing(cap, limit=1_000_000):
@@ -102,22 +162,32 @@ def probe(path):
         }
 
 
-def _check_pixels(path, frames, height, width, max_pixels):
-    """Refuses, before decoding, a frame above `MAX_FRAME_PIXELS` or a decode above `max_pixels` pixels."""
+def _check_pixels(path, indices, height, width, max_pixels):
+    """Refuses, before decoding, a frame above `MAX_FRAME_PIXELS` or a decode above `max_pixels` pixels.
+
+    `indices` are the frame indices to decode (repeats and `-1` padding
+    included: the output holds one frame per index); `None` checks one frame.
+    """
     if height * width > MAX_FRAME_PIXELS:
         raise VideoDecodeError(path, f"frames of {width}x{height} exceed the limit of {MAX_FRAME_PIXELS} pixels "
                                      "per frame")
-    if max_pixels is not None and frames * height * width > max_pixels:
-        raise VideoDecodeError(path, f"{frames} frames of {width}x{height} exceed the limit of {max_pixels} pixels "
-                                     "(frames x height x width)")
+    count = 1 if indices is None else len(indices)
+    if max_pixels is not None and count * height * width > max_pixels:
+        distinct = 1 if indices is None else len({int(i) for i in indices if i >= 0})
+        frames = f"{count} frames" if distinct == count else (
+            f"{count} clip frames ({distinct} distinct frames of the video)")
+        raise VideoDecodeError(path, f"{frames} of {width}x{height} exceed the limit of {max_pixels} pixels "
+                                     "(frames x height x width, at the size they are decoded at)")
 
 
-def _read_into(cap, indices, size, deadline, path, max_pixels=None):
+def _read_into(cap, indices, size, deadline, path, max_pixels=None, shrink_to=None):
     """Decodes `indices` (`-1`: a black frame) from an open capture into one array.
 
     Frames are decoded in increasing order, each once, straight into the
     output (no per-frame copies); a frame whose size differs from the first
-    one's is resized to it. Returns `None` if the file ends first.
+    one's is resized to it. With `shrink_to`, frames larger than that size
+    are resized to it as they are decoded (`shrunk_size`). Returns `None` if
+    the file ends first.
     """
     slots = {}
     for position, index in enumerate(indices):
@@ -136,12 +206,13 @@ def _read_into(cap, indices, size, deadline, path, max_pixels=None):
         if not ok or buffer is None:
             return None
         if out is None:
-            _check_pixels(path, 1, *buffer.shape[:2], None)  # the real frame, whatever the header said
-            height, width = size or buffer.shape[:2]
-            _check_pixels(path, len(indices), height, width, max_pixels)
+            _check_pixels(path, None, *buffer.shape[:2], None)  # the real frame, whatever the header said
+            height, width = size or shrunk_size(*buffer.shape[:2], shrink_to)
+            _check_pixels(path, indices, height, width, max_pixels)
             out = np.zeros((len(indices), height, width, 3), np.uint8)
+            interpolation = cv2.INTER_AREA if size else cv2.INTER_LINEAR
         first, *repeats = slots[index]
-        _to_rgb_into(buffer, out[first])
+        _to_rgb_into(buffer, out[first], interpolation)
         for k in repeats:
             out[k] = out[first]
         position = index + 1
@@ -150,7 +221,7 @@ def _read_into(cap, indices, size, deadline, path, max_pixels=None):
     return out
 
 
-def decode_clip(path, choose_indices, size=None, deadline=None, max_pixels=MAX_DECODE_PIXELS):
+def decode_clip(path, choose_indices, size=None, deadline=None, max_pixels=MAX_DECODE_PIXELS, shrink_to=None):
     """Opens a video once, picks frame indices for its real length, decodes them.
 
     Args:
@@ -158,7 +229,12 @@ def decode_clip(path, choose_indices, size=None, deadline=None, max_pixels=MAX_D
         choose_indices: `f(num_frames, fps) -> int array`; `-1` entries are
             padding (black frames). It may raise `VideoDecodeError` (e.g. a
             video too short for the `skip` policy).
-        size: optional `(height, width)` to resize frames to on decode.
+        size: optional `(height, width)` to resize frames to on decode
+            (area interpolation).
+        shrink_to: optional pre-crop size (`(height, width)` or an int short
+            side, as `ClipConfig.resize`): frames with more pixels are resized
+            to it as they are decoded, bilinear as the graph's resize, so
+            that memory follows the clip geometry, not the video's resolution.
         deadline: optional `time.monotonic()` value; past it decoding stops
             with a `VideoDecodeError`.
         max_pixels: refuse (before decoding) to return more than this many
@@ -177,17 +253,17 @@ def decode_clip(path, choose_indices, size=None, deadline=None, max_pixels=MAX_D
         num_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         header_size = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
-        _check_pixels(path, 1, *header_size, None)
+        _check_pixels(path, None, *header_size, None)
         if num_frames <= 0:
             num_frames = _count_by_grabbing(cap)
         for _ in range(3):
             if num_frames <= 0:
-                raise VideoDecodeError(path, "no decodable frames")
+                raise VideoDecodeError(path, _no_frames_reason(cap))
             indices = np.asarray(choose_indices(num_frames, fps), dtype=np.int64)
             if not (indices >= 0).any():
                 raise VideoDecodeError(path, "no frame index was requested")
-            _check_pixels(path, len(indices), *(size or header_size), max_pixels)
-            frames = _read_into(cap, indices, size, deadline, path, max_pixels)
+            _check_pixels(path, indices, *(size or shrunk_size(*header_size, shrink_to)), max_pixels)
+            frames = _read_into(cap, indices, size, deadline, path, max_pixels, shrink_to)
             if frames is not None:
                 break
             # The header overstated the length: count the frames that really decode.
