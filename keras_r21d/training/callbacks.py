@@ -123,8 +123,9 @@ class VideoAccuracy(keras.callbacks.Callback):
     columns from the first epoch on.
     """
 
-    def __init__(self, dataset, config, batch_size, freq=1):
+    def __init__(self, dataset, config, batch_size, freq=1, bad_videos=None):
         super().__init__()
+        self.bad_videos = bad_videos
         self.dataset = dataset
         self.config = config
         self.batch_size = batch_size
@@ -137,7 +138,8 @@ class VideoAccuracy(keras.callbacks.Callback):
         if (epoch + 1) % self.freq and not last:
             logs["val_video_accuracy"] = logs["val_video_clip_accuracy"] = float("nan")
             return
-        probabilities, labels, videos = predict_clips(self.model, self.dataset, self.config, self.batch_size)
+        probabilities, labels, videos = predict_clips(self.model, self.dataset, self.config, self.batch_size,
+                                                      bad_videos=self.bad_videos)
         metrics = compute_metrics(probabilities, labels, videos, self.dataset.class_names)
         logs["val_video_accuracy"] = metrics["video_top1"]
         logs["val_video_clip_accuracy"] = metrics["clip_top1"]

@@ -53,15 +53,26 @@ def video_predictions(probabilities, labels, video_ids):
     return sums / counts, video_labels, ids
 
 
-def compute_metrics(probabilities, labels, video_ids, class_names):
-    """Clip@1, Clip@5, Video@1, Video@5, per-class video accuracy and the video confusion matrix."""
+def compute_metrics(probabilities, labels, video_ids, class_names, report_classes=None):
+    """Clip@1, Clip@5, Video@1, Video@5, per-class video accuracy and the video confusion matrix.
+
+    `class_names` name the model's outputs (the columns of `probabilities`;
+    `labels` index them). `report_classes` (default all of them) are the
+    classes whose per-class accuracy is reported: the dataset's, when it holds
+    only some of the model's classes.
+    """
     num_classes = len(class_names)
+    if probabilities.shape[1] != num_classes:
+        raise ValueError(f"{probabilities.shape[1]} model outputs for {num_classes} class names")
     video_probs, video_labels, ids = video_predictions(probabilities, labels, video_ids)
     predicted = video_probs.argmax(axis=1)
     confusion = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(confusion, (video_labels, predicted), 1)
     per_class = {}
+    wanted = None if report_classes is None else set(report_classes)
     for index, name in enumerate(class_names):
+        if wanted is not None and name not in wanted:
+            continue
         total = confusion[index].sum()
         per_class[name] = None if total == 0 else float(confusion[index, index] / total)
     return {
@@ -78,7 +89,7 @@ def compute_metrics(probabilities, labels, video_ids, class_names):
     }
 
 
-def evaluate_model(model, dataset, config=None, batch_size=8, out_dir=None):
+def evaluate_model(model, dataset, config=None, batch_size=8, out_dir=None, bad_videos=None):
     """Evaluates a model on a `VideoDataset` at clip and video level.
 
     Args:
@@ -88,14 +99,19 @@ def evaluate_model(model, dataset, config=None, batch_size=8, out_dir=None):
         batch_size: clips per batch.
         out_dir: if set, writes `report.json`, `confusion_matrix.png` and
             `clip_predictions.npz` there.
+        bad_videos: a `BadVideoLog` shared with other passes over the data
+            (a training run's), so that each bad video is reported once.
 
     Returns:
-        The metrics dict of `compute_metrics`, plus `skipped_videos`.
+        The metrics dict of `compute_metrics`, plus `skipped_videos` (this
+        dataset's videos that could not be decoded).
     """
-    log = BadVideoLog((config or ClipConfig()).max_consecutive_failures)
+    log = bad_videos if bad_videos is not None else BadVideoLog((config or ClipConfig()).max_consecutive_failures)
     probabilities, labels, videos = predict_clips(model, dataset, config, batch_size, bad_videos=log)
-    metrics = compute_metrics(probabilities, labels, videos, dataset.class_names)
-    metrics["skipped_videos"] = dict(log.failures)
+    metrics = compute_metrics(probabilities, labels, videos, dataset.class_names,
+                              getattr(dataset, "evaluated_classes", None))
+    mine = set(dataset.paths)
+    metrics["skipped_videos"] = {path: reason for path, reason in log.failures.items() if path in mine}
     metrics["dataset"] = dataset.name
     if out_dir:
         from keras_r21d.training.plots import plot_confusion_matrix
@@ -127,6 +143,12 @@ def run_record(model_path):
     return None
 
 
+def recorded_class_names(model_path):
+    """The class names recorded for a `.keras` file (its `MODEL.keras.json` or run's `run.json`), or `None`."""
+    names = (run_record(model_path) or {}).get("class_names")
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 def test_clip_config(model, record=None, clips=10, frames=None, size=None):
     """The evaluator's `ClipConfig` for a model: explicit values, else the model's input shape, else its run.
 
@@ -155,7 +177,7 @@ def load_model(path):
     return load_keras_model(path)
 
 
-def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_dir=None):
+def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_dir=None, class_names=None):
     """Evaluates a model (or a `.keras` path) on a dataset's test subset at clip and video level.
 
     Args:
@@ -166,17 +188,28 @@ def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_di
             shape, else the run's `run.json`, else 16 and 112.
         batch_size: clips per batch.
         out_dir: where to write `report.json` and `confusion_matrix.png`.
+        class_names: the model's class names in output order; default those
+            recorded beside a `.keras` file (`run.json`, `MODEL.keras.json`).
+            The dataset's classes are paired with them by name, whatever
+            order either lists them in; a dataset class the model does not
+            know raises `ClassMismatchError` before any video is decoded. A
+            model with no names is paired by position, with a warning.
 
     Returns:
         The metrics dict (`clip_top1`, `clip_top5`, `video_top1`, `video_top5`,
         `per_class_video_top1`, `confusion_matrix`, ...).
     """
+    from keras_r21d.classes import align_to_model
     from keras_r21d.data.datasets import load_dataset
 
-    record = None
+    record, label = None, "the model"
     if isinstance(model, str):
+        label = model
         record = run_record(model)
+        if class_names is None:
+            class_names = recorded_class_names(model)
         model = load_model(model)
     dataset = load_dataset(data, "test") if isinstance(data, str) else data
+    dataset = align_to_model(dataset, class_names, int(model.output_shape[-1]), label)
     config = test_clip_config(model, record, clips, frames, size)
     return evaluate_model(model, dataset, config, batch_size, out_dir)

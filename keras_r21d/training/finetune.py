@@ -44,34 +44,55 @@ def set_trainable(model, trainable_from):
 def load_source(init, arch=None, depth=None):
     """The model to start from: a `.keras` file, a run directory (its `model.keras`) or a preset name.
 
-    Returns `(model, description)`.
+    Returns `(model, description, class_names)`: `class_names` are the
+    source's recorded classes (its run's `run.json`, its `MODEL.keras.json`,
+    the preset's labels), or `None` when it records none.
     """
-    from keras_r21d.training.evaluation import load_model
+    from keras_r21d.training.evaluation import load_model, recorded_class_names
     from keras_r21d.weights import is_preset
 
     if is_preset(init):
         from keras_r21d.models.registry import get_model
+        from keras_r21d.weights.presets import class_names, find_preset
 
         shape = None if arch == "r2d" else (None, None, None, 3)
         model = get_model(f"{arch}_{depth}", weights=init, **({"input_shape": shape} if shape else {}))
-        return model, f"preset {init!r} of {arch}_{depth}"
+        preset = find_preset(arch, depth, init)
+        return model, f"preset {init!r} of {arch}_{depth}", class_names(preset.labels)
     if os.path.isdir(init):
         path = os.path.join(init, "model.keras")
         if not os.path.isfile(path):
             raise ValueError(f"--init {init}: a run directory without model.keras (an unfinished run? "
                              "pass a checkpoint file from its checkpoints/ folder instead)")
-        return load_model(path), path
+        return load_model(path), path, recorded_class_names(path)
     if init.endswith(".keras"):
-        return load_model(init), init
+        return load_model(init), init, recorded_class_names(init)
     raise ValueError(f"--init must be a .keras file, a run directory or a preset name. Received: {init!r}")
 
 
-def init_model(source, num_classes, frames, description="the source model"):
+def keeps_head(source_names, source_outputs, data_names):
+    """Whether fine-tuning keeps the source's classifier for a dataset's classes.
+
+    By name when the source records its classes: kept when the data has
+    exactly the source's classes, in any order (the labels are then mapped to
+    the source's outputs by name); replaced by a head for the data's classes
+    otherwise, also when they are only some of the source's. A source without
+    names keeps it when the counts match (the classes are then paired by
+    position, with a warning).
+    """
+    if source_names is not None:
+        return sorted(map(str, data_names)) == sorted(map(str, source_names)) and len(source_names) == source_outputs
+    return source_outputs == len(data_names)
+
+
+def init_model(source, num_classes, frames, description="the source model", keep_head=None):
     """A model for `num_classes` with `source`'s architecture and weights, for clips of `frames` frames.
 
-    The classifier is kept when the class count matches and replaced (newly
-    initialized) otherwise. The clip length and frame size may change for
-    every variant but R2D, whose stem convolves the whole clip at once.
+    The classifier is kept when `keep_head` (default: when the class count
+    matches; see `keeps_head` for the by-name rule `train` uses) and replaced
+    (newly initialized, `num_classes` outputs) otherwise. The clip length and
+    frame size may change for every variant but R2D, whose stem convolves the
+    whole clip at once.
 
     Returns `(model, kept_head)`.
     """
@@ -88,8 +109,9 @@ def init_model(source, num_classes, frames, description="the source model"):
     if "predictions" not in names:
         raise ValueError(f"{description} has no `predictions` classifier to replace")
     head = config["layers"][names.index("predictions")]["config"]
-    kept_head = head["units"] == num_classes
-    head["units"] = num_classes
+    kept_head = head["units"] == num_classes if keep_head is None else bool(keep_head)
+    if not kept_head:
+        head["units"] = num_classes
     model = keras.Model.from_config(config)
     for layer in model.layers:
         if layer.weights and (layer.name != "predictions" or kept_head):

@@ -1,7 +1,9 @@
 """`keras_r21d.train`: the paper's recipe under `model.fit` and `tf.distribute`."""
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -9,29 +11,36 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 
 import keras
 import tensorflow as tf
 
-from keras_r21d.data.datasets import load_dataset
+from keras_r21d.classes import align_to_model
+from keras_r21d.data.datasets import load_dataset, split_description
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, train_dataset
 from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.models.registry import get_model
 from keras_r21d.models.specs import VARIANTS
 from keras_r21d.models.video_resnet import VideoResNet
 from keras_r21d.training.callbacks import (
+    STATE_FILE,
     LearningRateLogger,
     ResumableCheckpoint,
     ResumeError,
     VideoAccuracy,
     load_checkpoint,
+    read_state,
 )
 from keras_r21d.training.evaluation import evaluate_model
-from keras_r21d.training.finetune import STAGES, init_model, load_source, set_trainable
+from keras_r21d.training.finetune import STAGES, init_model, keeps_head, load_source, set_trainable
 from keras_r21d.training.io import atomic_save_model, atomic_write_text
 from keras_r21d.training.plots import plot_history
 from keras_r21d.training.recipe import make_optimizer, scaled_learning_rate
+from keras_r21d.training.rundir import RESUMABLE_CHANGES, check_out_dir, read_run_record, resume_differences
 from keras_r21d.training.strategy import is_chief, make_strategy
+
+logger = logging.getLogger("keras_r21d.training")
 
 EPOCHS = 45
 FINETUNE_EPOCHS = 10
@@ -111,14 +120,15 @@ class TrainConfig:
         if not self.init and (self.freeze_backbone_epochs or self.trainable_from or self.finetune_lr):
             raise ValueError("freeze_backbone_epochs, trainable_from and finetune_lr need `init` "
                              "(--init MODEL.keras | RUN_DIR | PRESET)")
-        if not 0 <= int(self.freeze_backbone_epochs) < int(self.epochs):
-            raise ValueError(f"`freeze_backbone_epochs` must be in [0, epochs={self.epochs}). "
+        for name in ("frames", "size", "batch_size", "epochs", "val_freq", "test_clips", "frame_stride"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)!r}")
+        if self.freeze_backbone_epochs and not 0 <= int(self.freeze_backbone_epochs) < int(self.epochs):
+            raise ValueError(f"`freeze_backbone_epochs` (--freeze-backbone-epochs) must be in [0, epochs="
+                             f"{self.epochs}): the network must train for at least one epoch after the head. "
                              f"Received: {self.freeze_backbone_epochs}")
         if self.trainable_from is not None and self.trainable_from not in STAGES:
             raise ValueError(f"`trainable_from` must be one of {STAGES}. Received: {self.trainable_from!r}")
-        for name in ("frames", "size", "batch_size", "epochs", "val_freq", "test_clips"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)!r}")
 
     @property
     def resize(self):
@@ -146,8 +156,13 @@ def versions():
             "opencv": cv2.__version__, "python": platform.python_version()}
 
 
-def _new_model(config, num_classes):
-    """A new model: built from the config, or from `config.init` with a head for `num_classes`."""
+def _new_model(config, class_names):
+    """A new model: built from the config, or from `config.init` with a head for `class_names`.
+
+    Returns `(model, source)`: `source` describes `config.init` (`None`
+    without), its `class_names` those of a kept head that records them.
+    """
+    num_classes = len(class_names)
     if config.stage_conv_types and not config.init:
         model = VideoResNet(config.depth, config.stem_type, tuple(config.stage_conv_types), classes=num_classes,
                             input_shape=config.input_shape(), width_multiplier=config.width_multiplier,
@@ -160,9 +175,12 @@ def _new_model(config, num_classes):
             width_multiplier=config.width_multiplier, dropout=config.dropout, implementation=config.implementation,
         )
         return model, None
-    source, description = load_source(config.init, config.arch, config.depth)
-    model, kept_head = init_model(source, num_classes, config.frames, description)
-    return model, {"init": description, "kept_head": kept_head, "source_classes": int(source.output_shape[-1])}
+    source, description, source_names = load_source(config.init, config.arch, config.depth)
+    outputs = int(source.output_shape[-1])
+    keep = keeps_head(source_names, outputs, class_names)
+    model, kept_head = init_model(source, len(class_names), config.frames, description, keep_head=keep)
+    return model, {"init": description, "kept_head": kept_head, "source_classes": outputs,
+                   "class_names": (source_names or None) if kept_head else None}
 
 
 def _phases(config, global_batch):
@@ -204,6 +222,45 @@ def _prebuild_for_multi_worker(model, strategy, dataset):
         setattr(model, name, lambda data, step=step: {k: tf.reshape(v, (1,)) for k, v in step(data).items()})
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C); the message says after which epoch and how to resume."""
+
+
+def _effective_batch(config, num_videos):
+    """The global batch actually trained: `batch_size`, or the number of training videos when smaller."""
+    if config.batch_size <= num_videos:
+        return config.batch_size
+    warnings.warn(f"batch size {config.batch_size} exceeds the {num_videos} training videos: training with "
+                  f"batches of {num_videos}, the learning rate scaled for {num_videos}", UserWarning, stacklevel=3)
+    return num_videos
+
+
+def _data_facts(train_set, val_set):
+    return {"class_names": list(train_set.class_names), "train_files": train_set.fingerprint(),
+            "val_files": val_set.fingerprint()}
+
+
+def _check_resume(record, run_dir, config, facts):
+    """Refuses to resume with settings or data that differ from the run's record; returns the record."""
+    differences = resume_differences(record, dataclasses.asdict(config), facts)
+    if differences:
+        raise ResumeError(f"cannot resume {run_dir} with other settings or data than it was trained with: "
+                          + "; ".join(differences) + ". Resume with the run's settings (run.json), or start a new "
+                          "run in another --out")
+    return record
+
+
+def _load_or_start(checkpoint_dir, resume):
+    """`(model, epochs_done)` of the checkpoint to resume, or `(None, 0)` for a run that finished no epoch."""
+    if resume and not os.path.exists(os.path.join(checkpoint_dir, STATE_FILE)):
+        return None, 0
+    return load_checkpoint(checkpoint_dir)
+
+
+def _write_record(run_dir, record):
+    atomic_write_text(os.path.join(run_dir, "run.json"), json.dumps(record, indent=2))
+
+
 def train(config=None, callbacks=None, **kwargs):
     """Trains a network of the family on a video dataset, evaluates it, writes a run directory.
 
@@ -222,110 +279,186 @@ def train(config=None, callbacks=None, **kwargs):
     `checkpoints/` (the latest epoch, `best.keras`, `state.json`),
     `history.csv`, `logs/` (TensorBoard), `model.keras`, `eval/report.json`
     and the plots. With several workers only the chief writes it.
+
+    `out` must be a new or empty folder, or (with `resume=True`) a run of
+    this package; a resumed run must have the same settings and data as its
+    `run.json` records, except those in `rundir.RESUMABLE_CHANGES` (epochs,
+    validation frequency and clips, TensorBoard, strategy). Classes are
+    paired by name: validation data may list the training classes in any
+    order (and hold only some of them); a fine-tuned model keeps its head
+    when the data's classes are among the source's recorded classes.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C (a `KeyboardInterrupt`): `run.json`
+            says `interrupted`, the last finished epoch's checkpoint is kept.
     """
     resume = kwargs.pop("resume", False)
     config = config or TrainConfig(**kwargs)
     run_dir = config.out
     chief = is_chief()
     checkpoint_dir = os.path.join(run_dir, "checkpoints") if chief else tempfile.mkdtemp(prefix="keras_r21d-worker-")
-    if chief and not resume and os.path.exists(os.path.join(checkpoint_dir, "state.json")):
-        raise ResumeError(f"{run_dir} already holds a run: pass resume=True (--resume) or choose another output")
-    if config.mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16")
+    if chief:
+        check_out_dir(run_dir, resume)
     keras.utils.set_random_seed(config.seed)
 
     train_set = load_dataset(config.data, "train")
     if config.max_train_videos:
         train_set = train_set.subset(range(min(config.max_train_videos, len(train_set))))
+    if not train_set.paths:
+        raise ValueError(f"dataset {config.data!r} has no training videos")
     val_set = load_dataset(config.val_data or config.data, "test")
-    if val_set.class_names != train_set.class_names:
-        raise ValueError(f"validation classes differ from training classes ({config.val_data or config.data})")
+    split = split_description(config.data) if not config.val_data else {"kind": "val_data",
+                                                                         "detail": config.val_data}
+    overlap = len(set(map(os.path.abspath, train_set.paths)) & set(map(os.path.abspath, val_set.paths)))
+    if overlap:
+        logger.warning("%d of the %d validation videos are training videos (%s): validation and the final report "
+                       "score videos the network was trained on", overlap, len(val_set), config.val_data or
+                       config.data)
 
-    strategy = make_strategy(config.strategy, config.collective_timeout)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    bad_videos = BadVideoLog()
-    train_ds = train_dataset(train_set, config.batch_size, config.clip_config(), seed=config.seed,
-                             bad_videos=bad_videos, repeat=True)
-    val_ds = eval_dataset(val_set, config.batch_size, config.clip_config(test_clips=1), with_video_id=False)
-
-    phases = _phases(config, config.batch_size)
-    starts = [0] + [end for end, _, _ in phases[:-1]]
     source = None
-    with strategy.scope():
-        if resume:
-            model, initial_epoch = load_checkpoint(checkpoint_dir)
-            # The phase the checkpoint belongs to (a phase's first epoch belongs to the one before).
-            current = max([0] + [i for i, start in enumerate(starts) if start < initial_epoch])
-            set_trainable(model, phases[current][1])
-        else:
-            model, source = _new_model(config, train_set.num_classes)
-            initial_epoch = 0
-            set_trainable(model, phases[0][1])
-            _compile(model, config, phases[0][2], steps_per_epoch, phases[0][0])
+    with _dtype_policy(config.mixed_precision):
+        strategy = make_strategy(config.strategy, config.collective_timeout)
+        batch_size = _effective_batch(config, len(train_set))
+        steps_per_epoch = math.ceil(len(train_set) / batch_size)
+        phases = _phases(config, batch_size)
+        starts = [0] + [end for end, _, _ in phases[:-1]]
+        with strategy.scope():
+            model, initial_epoch = _load_or_start(checkpoint_dir, resume) if resume else (None, 0)
+            if model is None:
+                model, source = _new_model(config, train_set.class_names)
+        previous = read_run_record(run_dir) if resume and chief else None
+        model_names = ((source or {}).get("class_names") or (previous or {}).get("class_names")
+                       or list(train_set.class_names))
+        # Classes pair by name: labels index the model's outputs, whatever order the data lists them in.
+        train_set = align_to_model(train_set, model_names, int(model.output_shape[-1]), "the model",
+                                   f"training data {config.data!r}")
+        val_set = align_to_model(val_set, model_names, int(model.output_shape[-1]), "the model",
+                                 f"validation data {config.val_data or config.data!r}")
+        facts = _data_facts(train_set, val_set)
+        record = _check_resume(previous, run_dir, config, facts) if previous is not None else None
+        with strategy.scope():
+            if initial_epoch:
+                # The phase the checkpoint belongs to (a phase's first epoch belongs to the one before).
+                current = max([0] + [i for i, start in enumerate(starts) if start < initial_epoch])
+                set_trainable(model, phases[current][1])
+            else:
+                set_trainable(model, phases[0][1])
+                _compile(model, config, phases[0][2], steps_per_epoch, phases[0][0])
 
-    if chief:
-        os.makedirs(run_dir, exist_ok=True)
-        record = {"config": dataclasses.asdict(config), "versions": versions(), "status": "running",
-                  "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
-                  "train_videos": len(train_set), "val_videos": len(val_set),
-                  "class_names": train_set.class_names, "resumed_from_epoch": initial_epoch or None,
-                  "init": source, "phases": [{"start_epoch": start, "end_epoch": end, "trainable_from": stage,
-                                               "learning_rate": lr} for start, (end, stage, lr) in zip(starts, phases)]}
-        atomic_write_text(os.path.join(run_dir, "run.json"), json.dumps(record, indent=2))
+        bad_videos = BadVideoLog()  # one per run: a bad video is reported once, whichever pass meets it
+        train_ds = train_dataset(train_set, batch_size, config.clip_config(), seed=config.seed,
+                                 bad_videos=bad_videos, repeat=True)
+        val_ds = eval_dataset(val_set, batch_size, config.clip_config(test_clips=1), with_video_id=False,
+                              bad_videos=bad_videos)
 
-    callbacks = list(callbacks or []) + [
-        VideoAccuracy(val_set, config.clip_config(), config.batch_size, config.val_freq),
-        LearningRateLogger(),
-        ResumableCheckpoint(checkpoint_dir),
-        keras.callbacks.TerminateOnNaN(),
-    ]
-    if chief:
-        csv_log = keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_epoch > 0)
-        callbacks.append(csv_log)
-        if config.tensorboard:
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False))
-
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-    if multi_worker:
-        _prebuild_for_multi_worker(model, strategy, train_ds)
-    started = time.time()
-    history = {}
-    for index, (start, (end, stage, lr)) in enumerate(zip(starts, phases)):
-        if initial_epoch >= end:
-            continue
-        if index > 0 and initial_epoch <= start:
-            # Entering this phase: unfreeze from `stage` on and start a new optimizer at its rate.
-            with strategy.scope():
-                set_trainable(model, stage)
-                _compile(model, config, lr, steps_per_epoch, end - start)
-            if multi_worker:
-                _prebuild_for_multi_worker(model, strategy, train_ds)
-        phase_history = model.fit(
-            train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(initial_epoch, start),
-            steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
-            verbose="auto" if sys.stdout.isatty() and not os.environ.get("CI") else 2,
-        ).history
-        for key, values in phase_history.items():
-            history.setdefault(key, []).extend(values)
         if chief:
-            csv_log.append = True  # the next phase adds its rows
-    train_seconds = time.time() - started
+            os.makedirs(run_dir, exist_ok=True)
+            now = {"config": dataclasses.asdict(config), "versions": versions(), "status": "running",
+                   "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+                   "batch_size": batch_size, "train_videos": len(train_set), "val_videos": len(val_set),
+                   "split": split, "val_overlaps_train": overlap, **facts,
+                   "phases": [{"start_epoch": start, "end_epoch": end, "trainable_from": stage, "learning_rate": lr}
+                              for start, (end, stage, lr) in zip(starts, phases)]}
+            if record is None:
+                record = {**now, "init": source, "resumed_from_epoch": None}
+            else:  # the run's own record, with what may change on resume and the resumption noted
+                for key in RESUMABLE_CHANGES:
+                    if key in now["config"]:
+                        record.setdefault("config", {})[key] = now["config"][key]
+                record.update({k: now[k] for k in ("versions", "status", "strategy", "replicas", "phases")})
+                record.update({k: v for k, v in now.items() if k not in record})
+                record["resumed_from_epoch"] = initial_epoch
+                record.setdefault("resumes", []).append({"from_epoch": initial_epoch, "versions": now["versions"]})
+            _write_record(run_dir, record)
 
-    result = {"model": model, "run_dir": run_dir, "history": history, "report": None, "model_path": None,
-              "skipped_videos": dict(bad_videos.failures),
-              "train_clip_shape": list(train_ds.element_spec[0].shape[1:])}
-    if not chief:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        return result
-    model_path = os.path.join(run_dir, "model.keras")
-    atomic_save_model(model, model_path)
-    report = evaluate_model(model, val_set, config.clip_config(), config.batch_size,
-                            out_dir=os.path.join(run_dir, "eval"))
+        callbacks = list(callbacks or []) + [
+            VideoAccuracy(val_set, config.clip_config(), batch_size, config.val_freq, bad_videos=bad_videos),
+            LearningRateLogger(),
+            ResumableCheckpoint(checkpoint_dir),
+            keras.callbacks.TerminateOnNaN(),
+        ]
+        if chief:
+            csv_log = keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=initial_epoch > 0)
+            callbacks.append(csv_log)
+            if config.tensorboard:
+                callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False))
+
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        if multi_worker:
+            _prebuild_for_multi_worker(model, strategy, train_ds)
+        started = time.time()
+        history = {}
+        try:
+            for index, (start, (end, stage, lr)) in enumerate(zip(starts, phases)):
+                if initial_epoch >= end:
+                    continue
+                if index > 0 and initial_epoch <= start:
+                    # Entering this phase: unfreeze from `stage` on and start a new optimizer at its rate.
+                    with strategy.scope():
+                        set_trainable(model, stage)
+                        _compile(model, config, lr, steps_per_epoch, end - start)
+                    if multi_worker:
+                        _prebuild_for_multi_worker(model, strategy, train_ds)
+                with warnings.catch_warnings():
+                    # Keras says "Your input ran out of data" at the end of every epoch of a finite dataset;
+                    # the dataset repeats and every epoch has its steps: nothing is cut short.
+                    warnings.filterwarnings("ignore", message=".*ran out of data.*")
+                    phase_history = model.fit(
+                        train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(initial_epoch, start),
+                        steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
+                        verbose="auto" if sys.stdout.isatty() and not os.environ.get("CI") else 2,
+                    ).history
+                for key, values in phase_history.items():
+                    history.setdefault(key, []).extend(values)
+                if chief:
+                    csv_log.append = True  # the next phase adds its rows
+        except KeyboardInterrupt:
+            done = _epochs_done(checkpoint_dir)
+            if chief:
+                record.update({"status": "interrupted", "epochs_done": done,
+                               "skipped_videos": dict(bad_videos.failures)})
+                _write_record(run_dir, record)
+            raise TrainingInterrupted(
+                f"interrupted after epoch {done} of {config.epochs}" + (
+                    f"; resume with the same command and --resume (train(..., resume=True)): {run_dir}"
+                    if done else f"; no epoch finished: {run_dir} can be resumed from the start with --resume")
+            ) from None
+        train_seconds = time.time() - started
+
+        result = {"model": model, "run_dir": run_dir, "history": history, "report": None, "model_path": None,
+                  "skipped_videos": dict(bad_videos.failures), "batch_size": batch_size,
+                  "train_clip_shape": list(train_ds.element_spec[0].shape[1:])}
+        if not chief:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            return result
+        model_path = os.path.join(run_dir, "model.keras")
+        atomic_save_model(model, model_path)
+        report = evaluate_model(model, val_set, config.clip_config(), batch_size,
+                                out_dir=os.path.join(run_dir, "eval"), bad_videos=bad_videos)
     plots = plot_history(os.path.join(run_dir, "history.csv"), run_dir)
     record.update({"status": "done", "train_seconds": round(train_seconds, 1), "model": model_path,
                    "results": {k: report[k] for k in ("clip_top1", "clip_top5", "video_top1", "video_top5",
                                                       "clips", "videos")},
                    "plots": plots, "skipped_videos": dict(bad_videos.failures)})
-    atomic_write_text(os.path.join(run_dir, "run.json"), json.dumps(record, indent=2))
+    _write_record(run_dir, record)
     result.update({"report": report, "model_path": model_path})
     return result
+
+
+def _epochs_done(checkpoint_dir):
+    try:
+        return read_state(checkpoint_dir)["epoch"]
+    except ResumeError:
+        return 0
+
+
+@contextlib.contextmanager
+def _dtype_policy(mixed_precision):
+    """`mixed_float16` inside the block when asked; the global policy is restored after it."""
+    previous = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
