@@ -5,12 +5,79 @@ import json
 import os
 import sys
 
-MAX_PIXELS_HELP = ("refuse videos whose decoded frames exceed N pixels (frames x height x width; default 2^30, "
-                   "a SavedModel's own limit 2^28)")
+MAX_PIXELS_HELP = ("refuse videos whose test-clip frames, at the size they are decoded at (the pre-crop size), "
+                   "exceed N pixels (clip frames x height x width; default 2^30)")
+# Exit codes: 0 success, 1 some inputs failed (bad videos: predict, check-videos), 2 usage or input error,
+# 130 interrupted (Ctrl-C).
+EXIT_BAD_INPUTS = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
-def _quiet_tensorflow():
+def _quiet_start(verbose):
+    """TensorFlow, Keras, OpenCV and FFmpeg keep their start-up and per-file log lines to themselves.
+
+    TensorFlow prints several lines from C++ as it loads (before its log
+    level applies): it is imported here with the process's stderr pointed at
+    /dev/null, and its Python loggers are set to errors only. `--verbose`
+    leaves all of them as they are.
+    """
+    if verbose:
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "24")  # FFmpeg's warnings
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "INFO")
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import logging
+    import warnings
+
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import keras  # noqa: F401 - imports TensorFlow (its C++ start-up lines go to /dev/null)
+        import tensorflow as tf  # noqa: F401
+    except ImportError:
+        pass  # the command says which package is missing when it needs it
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    for name in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="keras")
+    warnings.filterwarnings("ignore", module="tensorflow")
+
+
+def _positive(kind=int, low=1):
+    """An argparse type: a number >= `low` (argparse names the flag in its error)."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """Help that shows each option's default (but not `None` or a switch's `False`)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "%(default)" not in text and default is not None and default is not False
+                and default is not argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+POSITIVE = _positive()
+NON_NEGATIVE = _positive(low=0)
 
 
 def cmd_models(args):
@@ -84,14 +151,15 @@ def cmd_check_videos(args):
             results += check_videos(dataset.subset(fresh), args.frames, args.stride, args.timeout, progress=progress,
                                    isolate=not args.in_process)
     bad = [r for r in results if not r["ok"]]
+    code = EXIT_BAD_INPUTS if bad else 0  # as linters do: a scan that found problems fails
     if args.json:
         print(json.dumps({"checked": len(results), "bad": len(bad), "videos": results}, indent=2))
-        return 0
+        return code
     for r in bad:
         frames = "?" if r["frames"] is None else r["frames"]
         print(f"BAD  {r['path']}  frames={frames}  {r['reason']}")
     print(f"{len(results)} videos checked, {len(results) - len(bad)} ok, {len(bad)} unreadable or too short")
-    return 0
+    return code
 
 
 def cmd_make_synthetic(args):
@@ -128,6 +196,10 @@ def cmd_train(args):
     result = run_or_exit(train, config, resume=args.resume)
     if result["report"] is not None:
         _print_report(result["report"])
+        skipped = result["skipped_videos"]
+        if skipped:
+            print(f"{len(skipped)} video(s) could not be decoded during the run (each reported once above; "
+                  "listed in run.json)")
         print(f"model: {result['model_path']}\nrun: {result['run_dir']}")
     return 0
 
@@ -139,7 +211,7 @@ def _print_report(report):
     for name, accuracy in report["per_class_video_top1"].items():
         print(f"  {name:30s} {'-' if accuracy is None else f'{100 * accuracy:.1f}'}")
     if report.get("skipped_videos"):
-        print(f"{len(report['skipped_videos'])} videos skipped (unreadable)")
+        print(f"{len(report['skipped_videos'])} test videos skipped (unreadable)")
 
 
 def cmd_evaluate(args):
@@ -367,28 +439,35 @@ def cmd_study(args):
 
 
 def build_parser():
+    from keras_r21d import __version__
+
     parser = argparse.ArgumentParser(
         prog="keras-r21d",
         description="R(2+1)D and the other networks of Tran et al. (CVPR 2018) for Keras 3.",
+        epilog="Exit codes: 0 success; 1 some inputs failed (bad videos in predict or check-videos); 2 a usage, "
+               "input or file error (one line on stderr); 130 interrupted.",
     )
+    parser.add_argument("--version", action="version", version=f"keras-r21d {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's, Keras' and FFmpeg's own log lines and warnings")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     p = sub.add_parser("models", help="print every variant with its parameters and FLOPs")
     p.add_argument("--depth", type=int, default=18, help="network depth (default 18)")
-    p.add_argument("--frames", type=int, default=8, help="clip length (default 8)")
-    p.add_argument("--size", type=int, default=112, help="frame height and width (default 112)")
-    p.add_argument("--classes", type=int, default=400, help="classifier size (default 400)")
+    p.add_argument("--frames", type=POSITIVE, default=8, help="clip length (default 8)")
+    p.add_argument("--size", type=POSITIVE, default=112, help="frame height and width (default 112)")
+    p.add_argument("--classes", type=POSITIVE, default=400, help="classifier size (default 400)")
     p.add_argument("--width-multiplier", type=float, default=1.0, help="channel width multiplier (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("check-videos", help="scan a dataset for unreadable or too-short videos")
+    p = sub.add_parser("check-videos", help="scan a dataset for unreadable or too-short videos (exit 1 if any)")
     p.add_argument("spec", help="dataset spec, e.g. ucf101:/data/UCF101:split=1 or folder:/data/videos")
     p.add_argument("--subset", choices=["train", "test", "all"], default="all")
-    p.add_argument("--frames", type=int, default=16, help="clip length a video must cover (default 16)")
-    p.add_argument("--stride", type=int, default=1, help="frame stride (default 1)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per video (default 60)")
+    p.add_argument("--frames", type=POSITIVE, default=16, help="clip length a video must cover (default 16)")
+    p.add_argument("--stride", type=POSITIVE, default=1, help="frame stride (default 1)")
+    p.add_argument("--timeout", type=_positive(float, 0.001), default=60.0, help="seconds per video (default 60)")
     p.add_argument("--in-process", action="store_true",
                    help="decode in this process (default: in a worker process, so a file that crashes or hangs "
                         "the decoder is reported and the scan goes on)")
@@ -398,7 +477,7 @@ def build_parser():
     p = sub.add_parser("make-synthetic", help="write the synthetic motion dataset (UCF101 layout)")
     p.add_argument("out_dir")
     p.add_argument("--classes", type=int, default=8, help="2..12 (default 8)")
-    p.add_argument("--videos-per-class", type=int, default=24)
+    p.add_argument("--videos-per-class", type=POSITIVE, default=24)
     p.add_argument("--frames", default="32..64", help="video length, N or MIN..MAX (default 32..64)")
     p.add_argument("--size", default="128x96", help="WIDTHxHEIGHT (default 128x96)")
     p.add_argument("--seed", type=int, default=0)
@@ -406,30 +485,35 @@ def build_parser():
 
     from keras_r21d.models.specs import DEPTHS, VARIANTS
 
-    p = sub.add_parser("train", help="train a network on a video dataset (the paper's recipe by default)")
+    p = sub.add_parser("train", help="train a network on a video dataset (the paper's recipe by default)",
+                       formatter_class=_ShowDefaults)
     p.add_argument("--data", required=True, help="dataset spec, e.g. ucf101:/data/UCF101:split=1")
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--arch", default="r2plus1d", choices=sorted(VARIANTS))
-    p.add_argument("--depth", type=int, default=18, choices=sorted(DEPTHS))
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=112, help="crop size (frames are resized to 128/112 of it first)")
-    p.add_argument("--batch-size", type=int, default=8, help="global batch size")
-    p.add_argument("--epochs", type=int, default=None, help="default 45, or 10 when fine-tuning (--init)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--width-multiplier", type=float, default=1.0)
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--out", required=True,
+                   help="run directory: a new or empty folder, or an existing run with --resume")
+    p.add_argument("--arch", default="r2plus1d", choices=sorted(VARIANTS), help="network variant")
+    p.add_argument("--depth", type=int, default=18, choices=sorted(DEPTHS), help="network depth")
+    p.add_argument("--frames", type=POSITIVE, default=16, help="clip length")
+    p.add_argument("--size", type=POSITIVE, default=112, help="crop size (frames are resized to 128/112 of it first)")
+    p.add_argument("--batch-size", type=POSITIVE, default=8,
+                   help="global batch size (at most the number of training videos)")
+    p.add_argument("--epochs", type=POSITIVE, default=None, help="(default: 45, or 10 when fine-tuning with --init)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (its settings must match: see run.json)")
+    p.add_argument("--width-multiplier", type=float, default=1.0, help="channel width multiplier")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout before the classifier")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default 0.01 x batch / 32; with --init: of the head-only epochs)")
-    p.add_argument("--schedule", choices=["step", "cosine", "constant"], default="step")
-    p.add_argument("--decay-epochs", type=int, default=10, help="step schedule: divide by 10 every N epochs")
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--no-nesterov", action="store_true")
-    p.add_argument("--val-data", help="validation dataset spec (default: the test subset of --data)")
-    p.add_argument("--val-freq", type=int, default=1, help="compute Video@1 every N epochs")
-    p.add_argument("--test-clips", type=int, default=10, help="clips per video for Video@1")
-    p.add_argument("--frame-stride", type=int, default=1)
+                   help="peak learning rate (default: 0.01 x batch / 32; with --init: of the head-only epochs)")
+    p.add_argument("--schedule", choices=["step", "cosine", "constant"], default="step", help="learning-rate schedule")
+    p.add_argument("--decay-epochs", type=POSITIVE, default=10, help="step schedule: divide by 10 every N epochs")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up epochs")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled weight decay (not on BatchNorm/biases)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov's")
+    p.add_argument("--val-data", help="validation dataset spec (default: the test subset of --data; folder: and csv: "
+                                      "without a split hold out 20%% of each class, see :holdout=)")
+    p.add_argument("--val-freq", type=POSITIVE, default=1, help="compute Video@1 every N epochs")
+    p.add_argument("--test-clips", type=POSITIVE, default=10, help="clips per video for Video@1")
+    p.add_argument("--frame-stride", type=POSITIVE, default=1, help="take every N-th frame")
     p.add_argument("--no-flip", action="store_true",
                    help="no horizontal flips (needed when left/right is the label, as in make-synthetic data)")
     p.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker", "one_device"],
@@ -439,13 +523,13 @@ def build_parser():
     p.add_argument("--implementation", choices=["auto", "conv2d", "conv3d"], default="auto",
                    help="lowering of the convolutions (conv2d: no 5-D kernels; faster for narrow 3D networks "
                         "on CPUs, see BENCHMARKS.md)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-train-videos", type=int, default=None)
-    p.add_argument("--no-tensorboard", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="random seed (shuffling, augmentation, initialization)")
+    p.add_argument("--max-train-videos", type=POSITIVE, default=None, help="train on the first N videos only")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs/")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--init", help="start from a .keras file, a run directory or a preset (kinetics400, ...; "
                                   "with --arch/--depth); the head is replaced if the class count differs")
-    g.add_argument("--freeze-backbone-epochs", type=int, default=0,
+    g.add_argument("--freeze-backbone-epochs", type=NON_NEGATIVE, default=0,
                    help="train the head alone for N epochs first (frozen BatchNorm statistics too)")
     g.add_argument("--finetune-lr", type=float, default=None,
                    help="learning rate once the backbone trains (default 0.001 x batch / 32)")
@@ -456,10 +540,10 @@ def build_parser():
     p = sub.add_parser("evaluate", help="Clip@1/Video@1 of a model on a dataset's test subset")
     p.add_argument("--model", required=True, help="a .keras file")
     p.add_argument("--data", required=True, help="dataset spec")
-    p.add_argument("--clips", type=int, default=10, help="uniform clips per video (default 10)")
-    p.add_argument("--frames", type=int, default=None)
-    p.add_argument("--size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--clips", type=POSITIVE, default=10, help="uniform clips per video (default 10)")
+    p.add_argument("--frames", type=POSITIVE, default=None, help="clip length (default: the model's or its run's)")
+    p.add_argument("--size", type=POSITIVE, default=None, help="crop size (default: the model's or its run's)")
+    p.add_argument("--batch-size", type=POSITIVE, default=8)
     p.add_argument("--out", help="write report.json and confusion_matrix.png here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -468,13 +552,13 @@ def build_parser():
     p.add_argument("--model", required=True, help="a .keras file (loaded with safe_mode)")
     p.add_argument("--format", choices=["savedmodel", "tflite"], default="savedmodel")
     p.add_argument("--out", required=True, help="savedmodel: base directory (writes OUT/VERSION/); tflite: file")
-    p.add_argument("--version", type=int, default=None, help="savedmodel version (default: next free number)")
+    p.add_argument("--version", type=POSITIVE, default=None, help="savedmodel version (default: next free number)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
     p.add_argument("--model-name", default="model", help="TF Serving --model_name for the warm-up requests")
-    p.add_argument("--clips", type=int, default=10, help="classify_video: uniform clips per video (default 10)")
-    p.add_argument("--frames", type=int, default=None, help="clip length (default: the model's or its run's)")
-    p.add_argument("--size", type=int, default=None, help="crop size (default: the model's or its run's)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--clips", type=POSITIVE, default=10, help="classify_video: uniform clips per video (default 10)")
+    p.add_argument("--frames", type=POSITIVE, default=None, help="clip length (default: the model's or its run's)")
+    p.add_argument("--size", type=POSITIVE, default=None, help="crop size (default: the model's or its run's)")
+    p.add_argument("--top-k", type=POSITIVE, default=5)
     p.add_argument("--quantization", choices=["float16", "dynamic", "int8"], default=None, help="tflite only")
     p.add_argument("--implementation", choices=["conv2d", "auto", "conv3d"], default="conv2d",
                    help="tflite: conv2d (default) has no CONV_3D op; auto/conv3d keep 3D kernels as CONV_3D")
@@ -482,16 +566,16 @@ def build_parser():
                    help="export the BatchNorm layers as they are (default: folded into the convolutions, "
                         "the same function, faster)")
     p.add_argument("--calibration-data", help="dataset spec of videos for int8 calibration and the check")
-    p.add_argument("--calibration-clips", type=int, default=32)
+    p.add_argument("--calibration-clips", type=POSITIVE, default=32)
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="top classes of video files")
     p.add_argument("--model", required=True, help="a .keras file, a SavedModel directory or a .tflite file")
     p.add_argument("videos", nargs="+", metavar="VIDEO")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--clips", type=int, default=None, help="uniform clips per video (default: the model's, 10)")
-    p.add_argument("--max-pixels", type=int, default=None, metavar="N", help=MAX_PIXELS_HELP)
+    p.add_argument("--top", type=POSITIVE, default=5, help="classes to print per video (default 5)")
+    p.add_argument("--clips", type=POSITIVE, default=None, help="uniform clips per video (default: the model's, 10)")
+    p.add_argument("--max-pixels", type=POSITIVE, default=None, metavar="N", help=MAX_PIXELS_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -500,8 +584,8 @@ def build_parser():
     p.add_argument("--data", required=True, help="dataset spec")
     p.add_argument("--out", required=True, help="output directory (mirrors the video paths)")
     p.add_argument("--subset", choices=["train", "test", "all"], default="all")
-    p.add_argument("--clips", type=int, default=None, help="uniform clips per video (default 10)")
-    p.add_argument("--max-pixels", type=int, default=None, metavar="N", help=MAX_PIXELS_HELP)
+    p.add_argument("--clips", type=POSITIVE, default=None, help="uniform clips per video (default 10)")
+    p.add_argument("--max-pixels", type=POSITIVE, default=None, metavar="N", help=MAX_PIXELS_HELP)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("convert", help="convert a PyTorch checkpoint (torchvision VideoResNet layout) to .keras")
@@ -509,7 +593,7 @@ def build_parser():
     p.add_argument("--from", dest="source", choices=["torchvision", "ig65m"], default="torchvision",
                    help="torchvision: per-block M, BatchNorm epsilon 1e-5; ig65m: the paper's per-conv M, 1e-3")
     p.add_argument("--arch", required=True, help="r3d_18, mc3_18, r2plus1d_18, r2plus1d_34, ...")
-    p.add_argument("--frames", type=int, default=None,
+    p.add_argument("--frames", type=POSITIVE, default=None,
                    help="clip length it is used at (default: clipN in the file name, else 16)")
     p.add_argument("--out", required=True, help="the .keras file to write (and OUT.json beside it)")
     p.add_argument("--overwrite", action="store_true")
@@ -520,8 +604,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="search directory (rerun the same command to resume)")
     p.add_argument("--algorithm", choices=["random", "bayesian", "hyperband"], default="random")
     p.add_argument("--objective", choices=["video", "clip"], default="video", help="validation Video@1 or Clip@1")
-    p.add_argument("--max-trials", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=5, help="epochs per trial (hyperband: the most per trial)")
+    p.add_argument("--max-trials", type=POSITIVE, default=10)
+    p.add_argument("--epochs", type=POSITIVE, default=5, help="epochs per trial (hyperband: the most per trial)")
     p.add_argument("--budget-minutes", type=float, default=None, help="start no trial after this many minutes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="discard a previous search in --out")
@@ -537,19 +621,19 @@ def build_parser():
     g = p.add_argument_group("fixed values (the train command's flags: fix instead of search)")
     g.add_argument("--arch", choices=sorted(VARIANTS))
     g.add_argument("--depth", type=int, choices=sorted(DEPTHS))
-    g.add_argument("--frames", type=int)
+    g.add_argument("--frames", type=POSITIVE)
     g.add_argument("--width-multiplier", type=float)
     g.add_argument("--lr", type=float)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup-epochs", type=int)
-    g.add_argument("--size", type=int, default=112)
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--frame-stride", type=int, default=1)
+    g.add_argument("--size", type=POSITIVE, default=112)
+    g.add_argument("--batch-size", type=POSITIVE, default=8)
+    g.add_argument("--frame-stride", type=POSITIVE, default=1)
     g.add_argument("--resize-to", help="WIDTHxHEIGHT before cropping (default 128/112 of --size)")
     g.add_argument("--no-flip", action="store_true")
-    g.add_argument("--test-clips", type=int, default=10)
+    g.add_argument("--test-clips", type=POSITIVE, default=10)
     g.add_argument("--val-data")
-    g.add_argument("--max-train-videos", type=int)
+    g.add_argument("--max-train-videos", type=POSITIVE)
     g.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker", "one_device"], default="auto")
     g = p.add_argument_group("distributed (keras-tuner's chief/worker mode)")
     g.add_argument("--distributed", action="store_true",
@@ -578,15 +662,22 @@ def main(argv=None):
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_tensorflow()
-    from keras_r21d.export.saved_model import ExportError
-    from keras_r21d.training.callbacks import ResumeError
-
+    _quiet_start(args.verbose)
     try:
+        from keras_r21d.export.saved_model import ExportError
+        from keras_r21d.training.callbacks import ResumeError
+
         return args.func(args)
-    except (ValueError, ResumeError, ExportError, ImportError) as error:
+    except KeyboardInterrupt as interrupt:
+        # Training says after which epoch and how to resume; anything else was simply stopped. The process ends
+        # at once: TensorFlow's input-pipeline threads, stopped mid-step, abort a normal interpreter exit.
+        print(f"keras-r21d {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    except (ValueError, ResumeError, ExportError, ImportError, OSError) as error:
         print(f"keras-r21d {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

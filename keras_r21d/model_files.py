@@ -58,6 +58,8 @@ def load_keras_model(path):
     """
     import keras
 
+    import keras_r21d.saving  # noqa: F401 - the package's Keras objects, registered
+
     if not os.path.isfile(path):
         raise ValueError(f"model file not found: {path}")
     check_keras_archive(path)

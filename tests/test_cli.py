@@ -53,8 +53,8 @@ def test_make_synthetic_and_check_videos(tmp_path):
     bad = videos.make_bad_files(tmp_path / "folder" / "class_a")
     videos.write_opencv(tmp_path / "folder" / "class_a" / "short.avi", videos.moving_frames(4), "MJPG")
     videos.write_opencv(tmp_path / "folder" / "class_b" / "good.avi", videos.moving_frames(20), "MJPG")
-    checked = run_cli("check-videos", f"folder:{tmp_path / 'folder'}", "--subset", "train", "--frames", "8", "--json")
-    assert checked.returncode == 0, checked.stderr
+    checked = run_cli("check-videos", f"folder:{tmp_path / 'folder'}", "--subset", "all", "--frames", "8", "--json")
+    assert checked.returncode == 1, checked.stderr  # bad videos found: non-zero, as linters do
     report = json.loads(checked.stdout)
     assert report["checked"] == 5 and report["bad"] == 4
     reasons = {os.path.basename(v["path"]): v["reason"] for v in report["videos"]}

@@ -1,16 +1,17 @@
-"""Video data: datasets, decoding, clip sampling, preprocessing and tf.data pipelines.
+"""Video data: datasets, decoding, clip sampling, preprocessing and tf.data pipelines (imported on first use).
 
 Knows nothing of models.
 """
 
-from keras_r21d.data.check import check_video, check_videos
-from keras_r21d.data.datasets import DatasetFormatError, VideoDataset, load_dataset, parse_spec
-from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, TooManyBadVideos, eval_dataset, train_dataset
-from keras_r21d.data.synthetic import make_synthetic_dataset
-from keras_r21d.data.video import VideoDecodeError, decode_clip, probe, read_frames
+from keras_r21d._lazy import lazy_exports
 
-__all__ = [
-    "BadVideoLog", "ClipConfig", "DatasetFormatError", "TooManyBadVideos", "VideoDataset", "VideoDecodeError",
-    "check_video", "check_videos", "decode_clip", "eval_dataset", "load_dataset", "make_synthetic_dataset",
-    "parse_spec", "probe", "read_frames", "train_dataset",
-]
+_EXPORTS = {
+    "check_video": "check", "check_videos": "check",
+    "DatasetFormatError": "datasets", "VideoDataset": "datasets", "load_dataset": "datasets", "parse_spec": "datasets",
+    "BadVideoLog": "pipeline", "ClipConfig": "pipeline", "TooManyBadVideos": "pipeline", "eval_dataset": "pipeline",
+    "train_dataset": "pipeline",
+    "make_synthetic_dataset": "synthetic",
+    "VideoDecodeError": "video", "decode_clip": "video", "probe": "video", "read_frames": "video",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

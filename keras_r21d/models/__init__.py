@@ -1,26 +1,13 @@
-"""Model builders, the registry and model statistics."""
+"""Model builders, the registry and model statistics (imported on first use)."""
 
-from keras_r21d.models.fold import fold_batchnorm
-from keras_r21d.models.registry import get_model, list_models, parse_model_name
-from keras_r21d.models.stats import model_stats
-from keras_r21d.models.video_resnet import (
-    BUILDERS,
-    FR2D,
-    MC2,
-    MC3,
-    MC4,
-    MC5,
-    R2D,
-    R3D,
-    RMC2,
-    RMC3,
-    RMC4,
-    RMC5,
-    R2Plus1D,
-    VideoResNet,
-)
+from keras_r21d._lazy import lazy_exports
 
-__all__ = [
-    "BUILDERS", "FR2D", "MC2", "MC3", "MC4", "MC5", "R2D", "R3D", "RMC2", "RMC3", "RMC4", "RMC5",
-    "R2Plus1D", "VideoResNet", "fold_batchnorm", "get_model", "list_models", "model_stats", "parse_model_name",
-]
+_EXPORTS = {
+    **{name: "video_resnet" for name in ("BUILDERS", "FR2D", "MC2", "MC3", "MC4", "MC5", "R2D", "R3D", "RMC2",
+                                         "RMC3", "RMC4", "RMC5", "R2Plus1D", "VideoResNet")},
+    "fold_batchnorm": "fold",
+    "get_model": "registry", "list_models": "registry", "parse_model_name": "registry",
+    "model_stats": "stats",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)
