@@ -44,8 +44,18 @@ def _quiet_start(verbose):
         os.close(null)
     for name in ("tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="keras")
-    warnings.filterwarnings("ignore", module="tensorflow")
+    # (A module filter matches the start of the name: "keras_r21d" must not match "keras".)
+    warnings.filterwarnings("ignore", module=r"(keras|tensorflow|absl)(\.|$)")
+
+
+def _one_line_warnings(command):
+    """Warnings (the package's own: a class pairing by position, a batch larger than the data) as one line each."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"keras-r21d {command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
 
 
 def _positive(kind=int, low=1):
@@ -663,6 +673,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_start(args.verbose)
+    _one_line_warnings(args.command)
     try:
         from keras_r21d.export.saved_model import ExportError
         from keras_r21d.training.callbacks import ResumeError

@@ -143,6 +143,7 @@ def _mean_sd(values):
 def _train_or_reuse(config, key, runs_dir, log):
     """Trains one network (or reuses a finished run, or resumes an interrupted one); returns its record."""
     from keras_r21d.training import train
+    from keras_r21d.training.rundir import is_run
 
     arch, depth, frames, seed = key
     run_dir = os.path.join(runs_dir, _run_name(*key))
@@ -159,7 +160,7 @@ def _train_or_reuse(config, key, runs_dir, log):
         if record.get("status") == "done":
             log(f"reusing {run_dir}")
             return record
-    resume = os.path.exists(os.path.join(run_dir, "checkpoints", "state.json"))
+    resume = is_run(run_dir)  # an interrupted run, also one that finished no epoch
     log(f"{'resuming' if resume else 'training'} {VARIANTS[arch][0]}-{depth}, {frames} frames, seed {seed} "
         f"-> {run_dir}")
     train(train_config, resume=resume)

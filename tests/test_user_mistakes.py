@@ -127,6 +127,11 @@ def test_a_model_without_names_pairs_by_position_with_a_warning(trained, data_ro
                                          "by position"):
         report = evaluate(str(lone), f"ucf101:{data_root}", clips=2)
     assert report["videos"] == 8
+    # The command line shows the package's own warnings (and only them), one line each.
+    result = _cli("evaluate", "--model", lone, "--data", f"ucf101:{data_root}", "--clips", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("keras-r21d evaluate: warning: ") and "no recorded class names" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_finetuning_keeps_the_head_by_name_and_replaces_it_for_new_classes(trained, data_root, tmp_path):
@@ -197,6 +202,23 @@ def test_resume_refuses_other_settings_and_keeps_the_record(trained, data_root, 
     record = json.loads((run / "run.json").read_text())
     assert record["config"]["arch"] == "r2plus1d" and record["config"]["epochs"] == 2
     assert record["status"] == "done" and record["resumed_from_epoch"] == 1 and len(record["resumes"]) == 1
+
+
+def test_a_run_killed_in_its_first_epoch_starts_again_with_resume(trained, data_root, tmp_path):
+    """As the tuner and the study do with a trial or run killed before its first checkpoint."""
+    run = tmp_path / "run"
+    run.mkdir()
+    record = json.loads((trained / "run.json").read_text())
+    record.update(status="running", config={**record["config"], "out": str(run)})
+    for key in ("results", "model", "plots", "train_seconds"):
+        record.pop(key, None)
+    (run / "run.json").write_text(json.dumps(record))
+    config = TrainConfig(data=f"ucf101:{data_root}", out=str(run), **TINY)
+    with pytest.raises(ResumeError, match="holds a run that finished no epoch: pass resume=True"):
+        train(config)
+    train(config, resume=True)
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "done" and record["resumed_from_epoch"] == 0
 
 
 def test_a_batch_larger_than_the_data_trains_and_scales_what_it_trains(data_root, tmp_path):

@@ -62,8 +62,8 @@ def check_out_dir(out, resume):
         if not resume and os.path.isfile(os.path.join(out, "checkpoints", STATE_FILE)):
             raise ResumeError(f"{out} already holds a run: pass resume=True (--resume) or choose another output")
         if not resume:
-            raise ResumeError(f"{out} holds a run that finished no epoch: choose another output, or remove it "
-                              "to start again")
+            raise ResumeError(f"{out} holds a run that finished no epoch: pass resume=True (--resume) to start it "
+                              "again with its settings, or choose another output")
         return
     if entries:
         raise RunDirError(f"--out {out} is a folder that is not a run of keras_r21d and is not empty "

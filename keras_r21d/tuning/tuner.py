@@ -64,6 +64,7 @@ class _VideoTrials:
     def run_trial(self, trial, *args, **kwargs):
         from keras_r21d.models.stats import model_stats
         from keras_r21d.training import TrainConfig, train
+        from keras_r21d.training.rundir import is_run
 
         hp = trial.hyperparameters
         values = self.space.declare(hp)
@@ -86,7 +87,7 @@ class _VideoTrials:
                             stage_conv_types=None)
             settings["val_freq"] = settings["epochs"]
         config = TrainConfig(**settings)
-        resume = os.path.isfile(os.path.join(config.out, "checkpoints", "state.json"))
+        resume = is_run(config.out)  # an interrupted trial, also one that finished no epoch
         started = time.time()
         result = train(config, resume=resume)
         seconds = time.time() - started
