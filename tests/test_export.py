@@ -464,7 +464,8 @@ def test_cli_predict_refuses_videos_above_the_pixel_limit(run_dir, videos, tmp_p
     result = _cli("predict", "--model", model, videos["long"], videos["short"], "--clips", "4",
                   "--max-pixels", "100000", "--json", check=False)
     assert result.returncode == 1
-    assert f"skipped {videos['long']}: 32 frames of 80x60 exceed the limit of 100000 pixels" in result.stderr
+    assert f"skipped {videos['long']}: 32 clip frames (28 distinct frames of the video) of 80x60 exceed the " \
+        "limit of 100000 pixels" in result.stderr
     answers = json.loads(result.stdout)
     assert "error" in answers[0] and answers[1]["top"]
     # A SavedModel's predictor decodes the same test clips (not the whole video), under the same limit.
@@ -472,7 +473,8 @@ def test_cli_predict_refuses_videos_above_the_pixel_limit(run_dir, videos, tmp_p
     result = _cli("predict", "--model", str(tmp_path / "serving"), videos["long"], videos["short"],
                   "--max-pixels", "100000", check=False)
     assert result.returncode == 1
-    assert "32 frames of 80x60 exceed the limit of 100000 pixels" in result.stderr
+    assert "32 clip frames (28 distinct frames of the video) of 80x60 exceed the limit of 100000 pixels" \
+        in result.stderr
     assert videos["short"] in result.stdout
 
 

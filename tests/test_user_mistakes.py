@@ -294,7 +294,10 @@ def test_ctrl_c_leaves_an_interrupted_run_that_resumes(data_root, tmp_path):
     state = out / "checkpoints" / "state.json"
     process = subprocess.Popen([sys.executable, "-m", "keras_r21d", "train", "--data", f"ucf101:{data_root}",
                                 "--out", str(out), "--epochs", "20", *TRAIN_ARGS], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=ENV)
+                               stderr=subprocess.PIPE, text=True, env=ENV,
+                               # A terminal's Ctrl-C, also when this suite runs in the background (where a shell
+                               # starts commands with SIGINT ignored, and Python keeps it so).
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

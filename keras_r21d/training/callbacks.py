@@ -120,7 +120,8 @@ class VideoAccuracy(keras.callbacks.Callback):
     Runs every `freq` epochs and at the last one, on `config.test_clips`
     uniformly spaced clips per validation video, averaging the softmax per
     video as the paper does. Other epochs log NaN, so that the CSV log has the
-    columns from the first epoch on.
+    columns from the first epoch on. `bad_videos`, a run's `BadVideoLog`,
+    makes a bad video reported once per run rather than once per epoch.
     """
 
     def __init__(self, dataset, config, batch_size, freq=1, bad_videos=None):
