@@ -49,6 +49,16 @@ def _saved_model_dir(path):
     raise ValueError(f"{path}: not a SavedModel directory (no saved_model.pb, no numbered version inside)")
 
 
+# Test clips per forward pass: a video's 10 clips at once would hold 10 clips' activations (about 0.5 GB for
+# R(2+1)D-18 at 16x112x112); 2 at a time is as fast per clip on a CPU (BENCHMARKS.md: batch 1 vs 8).
+CLIP_BATCH = 2
+
+
+def _batched(function, clips, batch=CLIP_BATCH):
+    """`function` over `clips` in chunks of `batch`, outputs concatenated (NumPy)."""
+    return np.concatenate([np.asarray(function(clips[i:i + batch])) for i in range(0, int(clips.shape[0]), batch)])
+
+
 class Predictor:
     """Video classification and clip features from a saved model.
 
@@ -104,14 +114,14 @@ class KerasPredictor(Predictor):
         self._feature_model = feature_model
 
     def video_probabilities(self, video):
-        clip_probs = self._probabilities(self._clips(video)).numpy()
+        clip_probs = _batched(self._probabilities, self._clips(video))
         return clip_probs, clip_probs.mean(axis=0)
 
     def clip_features(self, video):
         if self._features is None:
             features = self._feature_model(self.model)
             self._features = tf.function(lambda c: features(c, training=False), reduce_retracing=True)
-        return self._features(self._clips(video)).numpy()
+        return _batched(self._features, self._clips(video))
 
 
 class SavedModelPredictor(Predictor):
@@ -135,11 +145,13 @@ class SavedModelPredictor(Predictor):
         super().__init__(directory, config, metadata.get("class_names") or [f"class_{i}" for i in range(classes)])
 
     def video_probabilities(self, video):
-        clip_probs = self.loaded.signatures["serving_default"](clips=self._clips(video))["probabilities"].numpy()
+        serve = self.loaded.signatures["serving_default"]
+        clip_probs = _batched(lambda clips: serve(clips=clips)["probabilities"], self._clips(video))
         return clip_probs, clip_probs.mean(axis=0)
 
     def clip_features(self, video):
-        return self.loaded.signatures["extract_features"](clips=self._clips(video))["features"].numpy()
+        extract = self.loaded.signatures["extract_features"]
+        return _batched(lambda clips: extract(clips=clips)["features"], self._clips(video))
 
 
 class TFLitePredictor(Predictor):

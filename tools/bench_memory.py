@@ -70,18 +70,22 @@ def dataset_of(work, name, video):
     return f"folder:{root}"
 
 
-def peak_mb(args, base=None):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CI": "1"}
-    if base:
-        env["PYTHONPATH"] = base + os.pathsep + env.get("PYTHONPATH", "")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def peak_mb(args, checkout, work):
+    """Runs `keras-r21d ARGS` with `checkout`'s package, from `work` (so that the current folder adds no other)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CI": "1",
+           "PYTHONPATH": checkout + os.pathsep + os.environ.get("PYTHONPATH", "")}
     started = time.time()
-    result = subprocess.run([sys.executable, "-c", MEASURE, *args], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-c", MEASURE, *args], capture_output=True, text=True, env=env, cwd=work)
     seconds = time.time() - started
     if "PEAK_KB" not in result.stdout:
         tail = (result.stderr.strip().splitlines() or ["?"])[-1]
         return None, seconds, f"failed: {tail[:160]}"
     words = result.stdout.rsplit("PEAK_KB", 1)[1].split()
-    note = "" if words[2] == "0" else f"exit {words[2]}: {(result.stderr.strip().splitlines() or [''])[-1][:160]}"
+    lines = [line for line in result.stderr.strip().splitlines() if "keras-r21d" in line] or [""]
+    note = "" if words[2] == "0" else f"exit {words[2]}: {lines[-1][:200]}"
     return int(words[0]) / 1024, seconds, note
 
 
@@ -102,21 +106,22 @@ def main(argv=None):
         size, frames = VIDEOS[name]
         video = make_video(os.path.join(args.work, f"{name}.mp4"), size, frames)
         spec = dataset_of(args.work, name, video)
-        jobs = {
-            "predict": ["predict", "--model", models["paper"], video],
-            "evaluate": ["evaluate", "--model", models["paper"], "--data", spec, "--batch-size", "2"],
-            "extract": ["extract", "--model", models["paper"], "--data", spec, "--subset", "test",
-                        "--out", os.path.join(args.work, "features")],
-            "train": ["train", "--data", spec, "--out", os.path.join(args.work, "runs", f"{name}-{time.time():.0f}"),
-                      "--init", models["small"], "--epochs", "1", "--batch-size", "2", "--test-clips", "2",
-                      "--no-tensorboard"],
-        }
         for command in commands:
             row = {"video": name, "command": command}
-            for label, base in (("before", args.base), ("after", None)):
-                if label == "before" and not base:
+            for label, checkout in (("before", args.base), ("after", REPO)):
+                if not checkout:
                     continue
-                mb, seconds, note = peak_mb(jobs[command], base)
+                out = os.path.join(args.work, "out", f"{name}-{command}-{label}")
+                shutil.rmtree(out, ignore_errors=True)
+                jobs = {
+                    "predict": ["predict", "--model", models["paper"], video],
+                    "evaluate": ["evaluate", "--model", models["paper"], "--data", spec, "--batch-size", "2"],
+                    "extract": ["extract", "--model", models["paper"], "--data", spec, "--subset", "test",
+                                "--out", out],
+                    "train": ["train", "--data", spec, "--out", out, "--init", models["small"], "--epochs", "1",
+                              "--batch-size", "2", "--test-clips", "2", "--no-tensorboard"],
+                }
+                mb, seconds, note = peak_mb(jobs[command], checkout, args.work)
                 row[label] = {"peak_mb": None if mb is None else round(mb), "seconds": round(seconds, 1),
                               "note": note}
                 print(json.dumps(row), file=sys.stderr, flush=True)
