@@ -32,6 +32,7 @@ from keras_r21d.export import export_saved_model, export_tflite  # noqa: E402
 from keras_r21d.inference import load_predictor  # noqa: E402
 from keras_r21d.training import TrainConfig, predict_clips, train  # noqa: E402
 from keras_r21d.training.evaluation import run_record, test_clip_config, video_predictions  # noqa: E402
+from keras_r21d.training.rundir import is_run  # noqa: E402
 
 
 def main():
@@ -62,7 +63,7 @@ def main():
                              batch_size=16, epochs=args.epochs, width_multiplier=0.25, lr=0.01,
                              schedule="constant", weight_decay=0.0, nesterov=False, frame_stride=2, flip=False,
                              test_clips=10, val_freq=5, tensorboard=False)
-        results[arch] = train(config, resume=os.path.exists(os.path.join(run_dir, "checkpoints", "state.json")))
+        results[arch] = train(config, resume=is_run(run_dir))  # a rerun continues (or reuses) the run
 
     print("[3/5] evaluation on the test videos (Video@1 averages the softmax of 10 clips per video)")
     print("| model | paper params | GFLOPs | Clip@1 | Video@1 |")

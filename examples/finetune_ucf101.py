@@ -25,6 +25,7 @@ from keras_r21d.data import make_synthetic_dataset  # noqa: E402
 from keras_r21d.export import export_saved_model  # noqa: E402
 from keras_r21d.training import TrainConfig, train  # noqa: E402
 from keras_r21d.training.evaluation import run_record, test_clip_config  # noqa: E402
+from keras_r21d.training.rundir import is_run  # noqa: E402
 
 # Small networks and clips that train on a CPU (the --synthetic run).
 SMALL = dict(depth=10, frames=8, size=48, resize_to=(48, 64), batch_size=16, width_multiplier=0.25,
@@ -38,7 +39,7 @@ def synthetic_source(out):
     run = os.path.join(out, "source_run")
     if not os.path.isfile(os.path.join(run, "model.keras")):
         print(f"[source] training a small R(2+1)D on 4 synthetic motion classes -> {run}")
-        train(TrainConfig(data=data, out=run, arch="r2plus1d", epochs=15, lr=0.01, **SMALL))
+        train(TrainConfig(data=data, out=run, arch="r2plus1d", epochs=15, lr=0.01, **SMALL), resume=is_run(run))
     return run
 
 
@@ -76,7 +77,7 @@ def main():
     config = TrainConfig(data=data, out=run_dir, init=init, epochs=args.epochs,
                          freeze_backbone_epochs=args.freeze_backbone_epochs, trainable_from=args.trainable_from,
                          **settings)
-    result = train(config, resume=os.path.isfile(os.path.join(run_dir, "checkpoints", "state.json")))
+    result = train(config, resume=is_run(run_dir))  # a rerun continues (or reuses) the run
     report = result["report"]
     print(f"[evaluate] Video@1 {100 * report['video_top1']:.1f}%  Clip@1 {100 * report['clip_top1']:.1f}%  "
           f"({report['videos']} test videos, chance {100 / len(report['class_names']):.1f}%)")

@@ -179,6 +179,10 @@ def _new_model(config, class_names):
     outputs = int(source.output_shape[-1])
     keep = keeps_head(source_names, outputs, class_names)
     model, kept_head = init_model(source, len(class_names), config.frames, description, keep_head=keep)
+    if kept_head and source_names is None:
+        warnings.warn(f"{description} records no class names: its classifier is kept and its outputs are paired "
+                      f"with the {len(class_names)} classes of {config.data!r} by position", UserWarning,
+                      stacklevel=3)
     return model, {"init": description, "kept_head": kept_head, "source_classes": outputs,
                    "class_names": (source_names or None) if kept_head else None}
 
