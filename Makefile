@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-8)
 
-.PHONY: setup sysdeps demo test lint bench clean
+.PHONY: setup sysdeps demo test test-fast lint bench clean
 
 # torch and torchvision (x86-64; tests only: the converter's parity tests run
 # torchvision's own models; pip takes both from this machine kind's disk, about
@@ -41,6 +41,10 @@ lint: $(STAMP)
 # pytest exits 5 when it collects no test: that is a failure here.
 test: $(STAMP) sysdeps lint
 	$(PY) -m pytest -q --durations=15 tests
+
+# What a developer runs between edits: everything but the tests marked slow (see pyproject.toml).
+test-fast: $(STAMP) sysdeps lint
+	$(PY) -m pytest -q -m "not slow" --durations=10 tests
 
 bench: $(STAMP)
 	$(PY) tools/bench_models.py

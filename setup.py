@@ -26,7 +26,7 @@ setup(
         "ai-edge-litert>=2.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hypothesis>=6.100"],
         "tune": ["keras-tuner==1.4.8"],
         # Reading PyTorch checkpoints (keras-r21d convert, the first use of a preset); never needed at run time.
         "convert": ["torch>=2.1"],

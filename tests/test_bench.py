@@ -6,7 +6,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from keras_r21d.bench import markdown, torch_available
+
+pytestmark = pytest.mark.slow  # subprocess trainings and long loops: make test, not make test-fast
 
 
 def test_bench_runs_both_sides_and_reports(tmp_path):

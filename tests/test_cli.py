@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import keras_r21d
 from keras_r21d.models.specs import VARIANTS
 
@@ -28,6 +30,7 @@ def test_models_json_matches_model_stats():
         assert by_name[name]["keras_params"] == stats["keras_params"]
 
 
+@pytest.mark.slow
 def test_models_table_and_errors():
     result = run_cli("models", "--depth", "10", "--frames", "4", "--size", "32")
     assert result.returncode == 0, result.stderr
@@ -39,6 +42,7 @@ def test_models_table_and_errors():
     assert "depth=19" in bad.stderr
 
 
+@pytest.mark.slow
 def test_make_synthetic_and_check_videos(tmp_path):
     import videos
 

@@ -415,6 +415,7 @@ def run_dir(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_cli_export_then_predict_with_every_format(run_dir, videos, tmp_path):
     import json
 
@@ -440,6 +441,7 @@ def test_cli_export_then_predict_with_every_format(run_dir, videos, tmp_path):
     assert text.splitlines()[0] == videos["long"] and reference[0]["top"][0]["class"] in text.splitlines()[1]
 
 
+@pytest.mark.slow
 def test_cli_predict_reports_a_bad_video_and_a_bad_model(run_dir, videos, tmp_path):
     bad = tmp_path / "bad.avi"
     bad.write_bytes(b"not a video" * 100)
@@ -455,6 +457,7 @@ def test_cli_predict_reports_a_bad_video_and_a_bad_model(run_dir, videos, tmp_pa
     assert result.returncode == 2 and "needs --calibration-data" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_predict_refuses_videos_above_the_pixel_limit(run_dir, videos, tmp_path):
     import json
 

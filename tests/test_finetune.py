@@ -64,6 +64,7 @@ def test_stages_and_freezing():
         set_trainable(model, "conv6")
 
 
+@pytest.mark.slow
 def test_finetune_on_another_dataset(source_run, tmp_path):
     source = _weights(source_run["model"])
     data = make_synthetic_dataset(str(tmp_path / "B"), classes=2, videos_per_class=48, seed=1)
@@ -94,6 +95,7 @@ def test_finetune_on_another_dataset(source_run, tmp_path):
     assert [round(float(r["learning_rate"]), 4) for r in rows] == [0.01, 0.01, 0.003, 0.003, 0.003]
 
 
+@pytest.mark.slow
 def test_partial_finetuning_at_another_clip_length(source_run, tmp_path):
     data = make_synthetic_dataset(str(tmp_path / "C"), classes=4, videos_per_class=8, frames=(20, 24), seed=2)
     snapshots = _Snapshots()

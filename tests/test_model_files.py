@@ -107,6 +107,7 @@ def test_archive_checks(tmp_path, genuine):
     ["extract", "--model", "{model}", "--data", "{data}", "--out", "{out}"],
     ["train", "--data", "{data}", "--out", "{out}", "--init", "{model}", "--epochs", "1"],
 ])
+@pytest.mark.slow
 def test_every_command_refuses_hostile_files(genuine, tmp_path, command):
     from tests.videos import moving_frames, write_opencv
 

@@ -15,6 +15,8 @@ import videos
 
 import keras_r21d
 
+pytestmark = pytest.mark.slow  # subprocess trainings and long loops: make test, not make test-fast
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "soak.py")
 

@@ -20,6 +20,7 @@ def _run(*args):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV, timeout=1200, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_toy_study_end_to_end(tmp_path):
     out = tmp_path / "study"
     toy = ["--variants", "r3d,r2plus1d", "--seeds", "0", "--epochs", "1", "--frames", "4", "--clip-lengths", "4,8",

@@ -42,6 +42,7 @@ def test_schedule():
     assert keras_r21d.training.scaled_learning_rate(64) == pytest.approx(0.02)
 
 
+@pytest.mark.slow
 def test_video_accuracy_equals_the_clip_average_by_hand(tiny_data, tmp_path):
     result = train(_tiny_config(tiny_data, tmp_path / "run"))
     report = result["report"]
@@ -79,6 +80,7 @@ def test_compute_metrics_small_case():
     assert m["per_class_video_top1"] == {"a": 0.0, "b": 0.0}
 
 
+@pytest.mark.slow
 def test_reaches_clearly_above_chance(motion_run):
     """A small R(2+1)D learns motion-only classes (two time-reversed pairs) from real videos."""
     report = motion_run["report"]
@@ -96,6 +98,7 @@ TRAIN_ARGS = ["--arch", "r2plus1d", "--depth", "10", "--frames", "4", "--size", 
               "--width-multiplier", "0.125", "--test-clips", "2", "--no-tensorboard"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume(tiny_data, tmp_path):
     out = tmp_path / "run"
     state = out / "checkpoints" / "state.json"
@@ -130,6 +133,7 @@ def test_kill_and_resume(tiny_data, tmp_path):
     assert [int(r.split(",")[0]) for r in rows][-1] == 3
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_a_clear_error(tiny_data, tmp_path):
     out = tmp_path / "run"
     train(_tiny_config(tiny_data, out, epochs=1))
@@ -164,6 +168,7 @@ def _start_workers(data, tmp_path, extra=None):
     return processes
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_two_workers(tiny_data, tmp_path):
     processes = _start_workers(tiny_data, tmp_path)
     outputs = [p.communicate(timeout=600)[0] for p in processes]
@@ -177,6 +182,7 @@ def test_multi_worker_mirrored_two_workers(tiny_data, tmp_path):
         "MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
 
 
+@pytest.mark.slow
 def test_multi_worker_failure_does_not_hang(tiny_data, tmp_path):
     processes = _start_workers(tiny_data, tmp_path, extra={1: ["--fail-at-batch", "2"]})
     start = time.monotonic()
@@ -191,6 +197,7 @@ def test_multi_worker_failure_does_not_hang(tiny_data, tmp_path):
     assert time.monotonic() - start < 240
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_over_two_logical_cpus(tiny_data, tmp_path):
     args = [sys.executable, os.path.join(HERE, "workers", "train_worker.py"), tiny_data, str(tmp_path / "run"),
             str(tmp_path / "result.json"), "mirrored", "--cpus", "2"]

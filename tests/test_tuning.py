@@ -14,6 +14,8 @@ from keras_r21d.data import make_synthetic_dataset
 from keras_r21d.tuning import SearchSpace, tune
 from tests.test_case import free_port
 
+pytestmark = pytest.mark.slow  # subprocess trainings and long loops: make test, not make test-fast
+
 SETTINGS = dict(size=32, batch_size=4, test_clips=2, flip=False)
 TUNE_ARGS = ["--variants", "fr2d,r2plus1d,r2d", "--depth", "10", "--clip-lengths", "4,6", "--width-multiplier",
              "0.125", "--lr", "0.01", "--weight-decay", "0.0001", "--warmup-epochs", "0", "--epochs", "1",

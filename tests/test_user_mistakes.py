@@ -134,6 +134,7 @@ def test_a_model_without_names_pairs_by_position_with_a_warning(trained, data_ro
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_finetuning_keeps_the_head_by_name_and_replaces_it_for_new_classes(trained, data_root, tmp_path):
     spec = _relisted(data_root, tmp_path / "reversed", CLASSES[::-1])
     kept = train(TrainConfig(data=spec, out=str(tmp_path / "kept"), init=str(trained), **{**TINY, "epochs": 1}))
@@ -156,6 +157,7 @@ def test_finetuning_keeps_the_head_by_name_and_replaces_it_for_new_classes(train
     assert record["class_names"] == sorted(f"New{c}" for c in CLASSES)
 
 
+@pytest.mark.slow
 def test_validation_data_may_list_the_classes_in_another_order(data_root, tmp_path):
     """As the tuner's --val-data does: validation classes pair with the training classes by name."""
     val = _relisted(data_root, tmp_path / "reversed", CLASSES[::-1])
@@ -183,6 +185,7 @@ def test_folder_data_without_a_split_never_validates_on_training_videos(data_roo
     assert result["report"]["videos"] == 8
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_and_keeps_the_record(trained, data_root, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -247,6 +250,7 @@ print("loaded", len(sys.argv) - 1)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("imports", ["import keras_r21d\nimport keras", "import keras\nimport keras_r21d"])
 def test_every_file_a_run_writes_loads_with_plain_keras(trained, tmp_path, imports):
     files = [trained / "model.keras", trained / "checkpoints" / "best.keras"]
@@ -262,6 +266,7 @@ def test_every_file_a_run_writes_loads_with_plain_keras(trained, tmp_path, impor
     assert f"loaded {len(copies)}" in result.stdout
 
 
+@pytest.mark.slow
 def test_out_must_be_new_empty_or_a_run(data_root, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -289,6 +294,7 @@ def test_export_under_a_file_is_one_line(trained, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and str(a_file) in result.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_an_interrupted_run_that_resumes(data_root, tmp_path):
     out = tmp_path / "run"
     state = out / "checkpoints" / "state.json"
@@ -318,6 +324,7 @@ def test_ctrl_c_leaves_an_interrupted_run_that_resumes(data_root, tmp_path):
     assert json.loads((out / "run.json").read_text())["status"] == "done"
 
 
+@pytest.mark.slow
 def test_a_bad_video_is_reported_once_per_run_and_counted(data_root, tmp_path):
     root = tmp_path / "flat"
     for cls in CLASSES:
@@ -394,6 +401,7 @@ def _peak_mb(*args):
     return int(result.stdout.rsplit("PEAK_KB", 1)[1].split()[0]) / 1024
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not videos.ffmpeg_available(), reason="needs ffmpeg (installed by make test)")
 def test_memory_follows_the_clip_not_the_video(trained, tmp_path):
     """`predict` on a 1080p video peaks where it does on a 240p one: frames are shrunk as they are decoded."""

@@ -54,6 +54,7 @@ def _keras_model(name, **kwargs):
                                 classifier_activation=None, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_logits_match_torchvision(references, name):
     state = load_torch_checkpoint(str(references / f"{name}.pth"))
@@ -97,6 +98,7 @@ def test_unreadable_checkpoints_are_clear_errors(tmp_path):
         load_torch_checkpoint(str(tmp_path / "missing.pth"))
 
 
+@pytest.mark.slow
 def test_cli_convert_then_predict_with_kinetics_labels(references, tmp_path):
     out = str(tmp_path / "r21d.keras")
     result = subprocess.run([sys.executable, "-m", "keras_r21d", "convert", "--from", "torchvision", "--arch",
