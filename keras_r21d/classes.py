@@ -60,11 +60,7 @@ def align_to_model(dataset, model_names, num_outputs, model_label="the model", d
             f"with its outputs by position ({data_names[0]!r} = output 0, ...). Keep the model's run.json or "
             "MODEL.keras.json beside it to pair them by name.", UserWarning, stacklevel=2)
         names = data_names + [f"output_{i}" for i in range(len(data_names), num_outputs)]
-        aligned = dataset.subset(range(len(dataset)))
-        aligned.class_names = names
-        aligned.evaluated_classes = data_names
-        aligned.skipped = list(getattr(dataset, "skipped", []))
-        return aligned
+        return _relabelled(dataset, list(dataset.labels), names)
     model_names = [str(n) for n in model_names]
     if len(model_names) != num_outputs:
         raise ClassMismatchError(
@@ -80,10 +76,15 @@ def align_to_model(dataset, model_names, num_outputs, model_label="the model", d
             f"{model_label} knows {_listing(model_names)}. Classes are paired by name: rename the folders or list "
             "entries, or fine-tune a new head on this dataset (train --init MODEL).")
     mapping = [index[name] for name in data_names]
+    return _relabelled(dataset, [mapping[label] for label in dataset.labels], model_names)
+
+
+def _relabelled(dataset, labels, class_names):
+    """A copy of `dataset` with `labels` indexing `class_names`; it remembers the dataset's own classes."""
     aligned = dataset.subset(range(len(dataset)))
-    aligned.labels = [mapping[label] for label in dataset.labels]
-    aligned.class_names = list(model_names)
-    aligned.evaluated_classes = data_names
+    aligned.labels = labels
+    aligned.class_names = list(class_names)
+    aligned.evaluated_classes = list(dataset.class_names)
     aligned.skipped = list(getattr(dataset, "skipped", []))
     return aligned
 

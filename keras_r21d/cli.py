@@ -327,7 +327,7 @@ def cmd_predict(args):
                 print(f"  {entry['score']:.4f}  {entry['class']}")
     if args.json:
         print(json.dumps(results, indent=2))
-    return 1 if failed else 0
+    return EXIT_BAD_INPUTS if failed else 0
 
 
 def cmd_extract(args):

@@ -77,6 +77,11 @@ class Predictor:
 
     def video_probabilities(self, video):
         """`(clip_probabilities (N, C), video_probabilities (C,))` for one video file."""
+        clip_probs = self._clip_probabilities(self._clips(video))
+        return clip_probs, clip_probs.mean(axis=0)
+
+    def _clip_probabilities(self, clips):
+        """Class probabilities `(N, C)` of normalized clips `(N, T, H, W, 3)`, as NumPy."""
         raise NotImplementedError
 
     def classify(self, video, top=5):
@@ -113,9 +118,8 @@ class KerasPredictor(Predictor):
         self._features = None
         self._feature_model = feature_model
 
-    def video_probabilities(self, video):
-        clip_probs = _batched(self._probabilities, self._clips(video))
-        return clip_probs, clip_probs.mean(axis=0)
+    def _clip_probabilities(self, clips):
+        return _batched(self._probabilities, clips)
 
     def clip_features(self, video):
         if self._features is None:
@@ -144,10 +148,9 @@ class SavedModelPredictor(Predictor):
         classes = int(self.loaded.signatures["classify_video"].structured_outputs["probabilities"].shape[-1])
         super().__init__(directory, config, metadata.get("class_names") or [f"class_{i}" for i in range(classes)])
 
-    def video_probabilities(self, video):
+    def _clip_probabilities(self, clips):
         serve = self.loaded.signatures["serving_default"]
-        clip_probs = _batched(lambda clips: serve(clips=clips)["probabilities"], self._clips(video))
-        return clip_probs, clip_probs.mean(axis=0)
+        return _batched(lambda batch: serve(clips=batch)["probabilities"], clips)
 
     def clip_features(self, video):
         extract = self.loaded.signatures["extract_features"]
@@ -172,11 +175,10 @@ class TFLitePredictor(Predictor):
         config = dataclasses.replace(config, max_pixels=max_pixels)
         super().__init__(path, config, report.get("class_names") or [f"class_{i}" for i in range(classes)])
 
-    def video_probabilities(self, video):
+    def _clip_probabilities(self, clips):
         from keras_r21d.export.tflite import run_tflite
 
-        clip_probs = run_tflite(self.runner, self._clips(video).numpy())
-        return clip_probs, clip_probs.mean(axis=0)
+        return run_tflite(self.runner, clips.numpy())
 
 
 def load_predictor(path, clips=None, frames=None, size=None, max_pixels=None):

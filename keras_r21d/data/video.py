@@ -185,9 +185,9 @@ def _read_into(cap, indices, size, deadline, path, max_pixels=None, shrink_to=No
 
     Frames are decoded in increasing order, each once, straight into the
     output (no per-frame copies); a frame whose size differs from the first
-    one's is resized to it. With `shrink_to`, frames larger than that size
-    are resized to it as they are decoded (`shrunk_size`). Returns `None` if
-    the file ends first.
+    one's is resized to it. With `shrink_to`, frames of more than
+    `SHRINK_ABOVE` times its pixels are resized to it as they are decoded
+    (`shrunk_size`). Returns `None` if the file ends first.
     """
     slots = {}
     for position, index in enumerate(indices):
@@ -232,8 +232,9 @@ def decode_clip(path, choose_indices, size=None, deadline=None, max_pixels=MAX_D
         size: optional `(height, width)` to resize frames to on decode
             (area interpolation).
         shrink_to: optional pre-crop size (`(height, width)` or an int short
-            side, as `ClipConfig.resize`): frames with more pixels are resized
-            to it as they are decoded, bilinear as the graph's resize, so
+            side, as `ClipConfig.resize`): frames with more than
+            `SHRINK_ABOVE` times its pixels are resized to it as they are
+            decoded, bilinear as the graph's resize, so
             that memory follows the clip geometry, not the video's resolution.
         deadline: optional `time.monotonic()` value; past it decoding stops
             with a `VideoDecodeError`.

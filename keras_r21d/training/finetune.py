@@ -11,6 +11,8 @@ import re
 
 import keras
 
+from keras_r21d.classes import same_classes
+
 # Stages in network order: the stem, the four residual stages, the head.
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5", "head")
 
@@ -81,7 +83,7 @@ def keeps_head(source_names, source_outputs, data_names):
     position, with a warning).
     """
     if source_names is not None:
-        return sorted(map(str, data_names)) == sorted(map(str, source_names)) and len(source_names) == source_outputs
+        return same_classes(data_names, source_names) and len(source_names) == source_outputs
     return source_outputs == len(data_names)
 
 

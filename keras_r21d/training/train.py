@@ -254,9 +254,9 @@ def _check_resume(record, run_dir, config, facts):
     return record
 
 
-def _load_or_start(checkpoint_dir, resume):
+def _load_or_start(checkpoint_dir):
     """`(model, epochs_done)` of the checkpoint to resume, or `(None, 0)` for a run that finished no epoch."""
-    if resume and not os.path.exists(os.path.join(checkpoint_dir, STATE_FILE)):
+    if not os.path.exists(os.path.join(checkpoint_dir, STATE_FILE)):
         return None, 0
     return load_checkpoint(checkpoint_dir)
 
@@ -290,7 +290,8 @@ def train(config=None, callbacks=None, **kwargs):
     validation frequency and clips, TensorBoard, strategy). Classes are
     paired by name: validation data may list the training classes in any
     order (and hold only some of them); a fine-tuned model keeps its head
-    when the data's classes are among the source's recorded classes.
+    when the data has exactly the source's recorded classes, in any order
+    (`finetune.keeps_head`).
 
     Raises:
         TrainingInterrupted: on Ctrl-C (a `KeyboardInterrupt`): `run.json`
@@ -327,7 +328,7 @@ def train(config=None, callbacks=None, **kwargs):
         phases = _phases(config, batch_size)
         starts = [0] + [end for end, _, _ in phases[:-1]]
         with strategy.scope():
-            model, initial_epoch = _load_or_start(checkpoint_dir, resume) if resume else (None, 0)
+            model, initial_epoch = _load_or_start(checkpoint_dir) if resume else (None, 0)
             if model is None:
                 model, source = _new_model(config, train_set.class_names)
         previous = read_run_record(run_dir) if resume and chief else None
