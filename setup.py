@@ -27,7 +27,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hypothesis>=6.100"],
-        "tune": ["keras-tuner==1.4.8"],
+        # [bayesian] brings scipy and scikit-learn, which keras-tuner's BayesianOptimization needs.
+        "tune": ["keras-tuner[bayesian]==1.4.8"],
         # Reading PyTorch checkpoints (keras-r21d convert, the first use of a preset); never needed at run time.
         "convert": ["torch>=2.1"],
     },

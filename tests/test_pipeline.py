@@ -67,8 +67,45 @@ def test_eval_clips_and_video_ids(small_set):
 
 
 def test_eval_without_video_id_fits_model_fit(small_set):
+    """`model.fit` takes the two-entry eval dataset as validation data (a third entry would be sample weights)."""
+    import keras
+
+    import keras_r21d
+
     element = next(iter(eval_dataset(small_set, 2, CONFIG, with_video_id=False)))
     assert len(element) == 2
+    model = keras_r21d.R2Plus1D(10, input_shape=(8, 32, 32, 3), classes=3, width_multiplier=0.125)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(train_dataset(small_set, 3, CONFIG, seed=0), epochs=1, verbose=0,
+                        validation_data=eval_dataset(small_set, 4, CONFIG, with_video_id=False))
+    # 6 videos x 3 test clips were evaluated: the validation metrics are the model's on those 18 clips.
+    clips = np.concatenate([b[0] for b in _collect(eval_dataset(small_set, 4, CONFIG))])
+    labels = np.repeat(small_set.labels, CONFIG.test_clips)
+    accuracy = float((model.predict(clips, verbose=0).argmax(1) == labels).mean())
+    assert history.history["val_accuracy"][0] == pytest.approx(accuracy)
+
+
+def test_training_clips_are_flipped_horizontally_at_random(tmp_path):
+    """With `flip=True` a training clip is the frame or its mirror image, both occur; `flip=False` never mirrors."""
+    frame = np.zeros((32, 32, 3), np.uint8)
+    frame[:, :12] = 230  # a bright band on the left: the mirror image has it on the right
+    frame[4:10, 20:28] = (30, 200, 90)
+    path = videos.write_opencv(tmp_path / "still.avi", np.repeat(frame[None], 10, axis=0), "MJPG")
+    dataset = VideoDataset("still", [path] * 8, [0] * 8, ["a"])
+
+    def orientations(flip):
+        config = ClipConfig(clip_len=4, resize=(32, 32), crop=32, flip=flip)
+        clips = np.concatenate([b[0] for b in _collect(train_dataset(dataset, 8, config, seed=1))])
+        raw = (clips * np.array(STD) + np.array(MEAN)) * 255
+        kinds = []
+        for clip in raw:
+            same, mirrored = (np.abs(clip - reference).mean() for reference in (frame, frame[:, ::-1]))
+            assert min(same, mirrored) < 8 < max(same, mirrored)
+            kinds.append("mirrored" if mirrored < same else "same")
+        return kinds
+
+    assert set(orientations(True)) == {"same", "mirrored"}
+    assert set(orientations(False)) == {"same"}
 
 
 def test_eval_clips_are_the_uniform_frames(tmp_path):
@@ -115,18 +152,66 @@ def test_too_many_failures_in_a_row_stop_with_a_clear_error(tmp_path):
 
 
 def test_cache_on_disk(small_set, tmp_path):
+    """The second pass reads the cache: it gives the same clips with the videos deleted."""
+    import shutil
+
+    copies = []
+    for path in small_set.paths:
+        copies.append(shutil.copy(path, tmp_path / os.path.basename(path)))
+    dataset = VideoDataset("copies", copies, small_set.labels, small_set.class_names)
     cache = str(tmp_path / "cache")
-    ds = eval_dataset(small_set, 6, CONFIG, cache=cache)
+    ds = eval_dataset(dataset, 6, CONFIG, cache=cache)
     first = _collect(ds)
     assert any(name.startswith("cache") for name in os.listdir(tmp_path))
-    second = _collect(ds)
-    np.testing.assert_array_equal(first[0][0], second[0][0])
+    for path in copies:
+        os.remove(path)
+    log = BadVideoLog()
+    second = _collect(eval_dataset(dataset, 6, CONFIG, cache=cache, bad_videos=log))
+    assert not log.failures and len(second) == len(first)
+    for a, b in zip(first, second):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    # Without the cache the same deleted videos are all reported missing.
+    assert _collect(eval_dataset(dataset, 6, CONFIG, bad_videos=log)) == []
+    assert set(log.failures) == set(copies)
 
 
-def test_works_under_a_distribution_strategy(small_set):
-    strategy = tf.distribute.get_strategy()
-    dist = strategy.experimental_distribute_dataset(train_dataset(small_set, 2, CONFIG, seed=0))
-    assert sum(1 for _ in dist) == 3
+DISTRIBUTED = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_r21d.data import ClipConfig, VideoDataset, train_dataset
+paths, labels = json.loads(sys.argv[1])
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+config = ClipConfig(clip_len=8, resize=(40, 54), crop=32)
+dist = strategy.experimental_distribute_dataset(
+    train_dataset(VideoDataset("x", paths, labels, ["a", "b", "c"]), 4, config, seed=0))
+steps = []
+for clips, batch_labels in dist:
+    steps.append([[list(c.shape), b.numpy().tolist()] for c, b in zip(strategy.experimental_local_results(clips),
+                                                                        strategy.experimental_local_results(batch_labels))])
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "steps": steps}))
+"""
+
+
+def test_works_under_a_mirrored_strategy_over_two_devices(small_set):
+    """A global batch of 4 is split 2 + 2 over two logical CPUs; every video is seen once per epoch."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", DISTRIBUTED, json.dumps([small_set.paths, small_set.labels])],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "-1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    shapes = [[shape for shape, _ in step] for step in result["steps"]]
+    assert shapes == [[[2, 8, 32, 32, 3]] * 2, [[1, 8, 32, 32, 3]] * 2]  # the last batch of 2: one per replica
+    seen = [label for step in result["steps"] for _, labels in step for label in labels]
+    assert sorted(seen) == sorted(small_set.labels)
 
 
 def test_real_layout_end_to_end(tmp_path):

@@ -42,6 +42,44 @@ def test_schedule():
     assert keras_r21d.training.scaled_learning_rate(64) == pytest.approx(0.02)
 
 
+def _recipe_step(gradient):
+    """One optimizer step of the default `TrainConfig` recipe on a small R(2+1)D; the variables before and after."""
+    from keras_r21d.training.train import _compile
+
+    model = keras_r21d.R2Plus1D(10, input_shape=(4, 16, 16, 3), classes=3, width_multiplier=0.125)
+    config = TrainConfig(data="unused", out="unused")
+    _compile(model, config, lr=0.1, steps_per_epoch=10, epochs=30)
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    lr = float(optimizer.learning_rate)
+    before = {v.path: np.array(v) for v in model.trainable_variables}
+    optimizer.apply_gradients([(keras.ops.full(v.shape, gradient), v) for v in model.trainable_variables])
+    after = {v.path: np.array(v) for v in model.trainable_variables}
+    return config, lr, before, after
+
+
+def test_recipe_decays_conv_and_dense_kernels_but_not_batchnorm_or_biases():
+    config, lr, before, after = _recipe_step(0.0)  # a zero gradient: only the weight decay moves a variable
+    assert config.weight_decay == 1e-4
+    kernels = [p for p in before if p.endswith("/kernel")]
+    kept = [p for p in before if p.endswith(("/gamma", "/beta", "/bias"))]
+    # stem (2), four blocks of two (2+1)D convs (16), three projection shortcuts, the classifier
+    assert len(kernels) == 2 + 4 * 2 * 2 + 3 + 1 and kept and len(kernels) + len(kept) == len(before)
+    for path in kernels:  # decoupled decay: w <- w - lr * wd * w
+        np.testing.assert_allclose(after[path], before[path] * (1 - lr * 1e-4), rtol=1e-6, err_msg=path)
+    for path in kept:
+        np.testing.assert_array_equal(after[path], before[path], err_msg=path)
+
+
+def test_recipe_uses_nesterov_momentum_0_9():
+    config, lr, before, after = _recipe_step(1.0)
+    assert (config.momentum, config.nesterov) == (0.9, True)
+    # First step with gradient g: velocity v = -lr g; Nesterov moves by momentum * v - lr g = -1.9 lr g
+    # (plain momentum would move by -lr g).
+    bias = next(p for p in before if p.endswith("predictions/bias"))
+    np.testing.assert_allclose(after[bias] - before[bias], -1.9 * lr, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_video_accuracy_equals_the_clip_average_by_hand(tiny_data, tmp_path):
     result = train(_tiny_config(tiny_data, tmp_path / "run"))
@@ -89,9 +127,31 @@ def test_reaches_clearly_above_chance(motion_run):
     assert report["video_top1"] >= 1.6 * chance, report
 
 
-def _cli(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "keras_r21d", *args], env=ENV, stdout=subprocess.PIPE,
+def _cli(*args, env=ENV, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "keras_r21d", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _read_until(process, text, timeout):
+    """Reads the process's output until a line holds `text`; fails with the output when it exits or times out."""
+    import queue
+    import threading
+
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            raise AssertionError(f"exited ({process.wait()}) before printing {text!r}:\n{''.join(seen)[-3000:]}")
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} not printed within {timeout} s:\n{''.join(seen)[-3000:]}")
 
 
 TRAIN_ARGS = ["--arch", "r2plus1d", "--depth", "10", "--frames", "4", "--size", "32", "--batch-size", "2",
@@ -102,16 +162,13 @@ TRAIN_ARGS = ["--arch", "r2plus1d", "--depth", "10", "--frames", "4", "--size", 
 def test_kill_and_resume(tiny_data, tmp_path):
     out = tmp_path / "run"
     state = out / "checkpoints" / "state.json"
-    process = _cli("train", "--data", tiny_data, "--out", str(out), "--epochs", "4", *TRAIN_ARGS)
-    deadline = time.monotonic() + 300
-    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert process.poll() is None, process.stdout.read()
-    time.sleep(1.0)  # now inside epoch 2
+    process = _cli("train", "--data", tiny_data, "--out", str(out), "--epochs", "4", *TRAIN_ARGS,
+                   env={**ENV, "PYTHONUNBUFFERED": "1"})
+    _read_until(process, "Epoch 2/4", timeout=300)  # epoch 1 is checkpointed, epoch 2 has begun
     process.send_signal(signal.SIGKILL)
     process.wait(30)
     killed_at = json.loads(state.read_text())["epoch"]
-    assert 1 <= killed_at < 4
+    assert killed_at == 1
     # Every checkpoint on disk is complete: it loads (a ".tmp-" file is a save the kill interrupted).
     checkpoints = [n for n in os.listdir(out / "checkpoints") if n.endswith(".keras") and not n.startswith(".tmp-")]
     assert f"epoch-{killed_at:03d}.keras" in checkpoints and "best.keras" in checkpoints

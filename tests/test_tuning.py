@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -189,12 +190,108 @@ def test_distributed_chief_does_not_wait_forever_for_a_dead_worker(tiny_data, tm
     assert "did not finish trial" in output
 
 
-def test_budget_stops_starting_trials(tiny_data, tmp_path):
+def test_budget_stops_starting_trials(tiny_data, tmp_path, monkeypatch):
+    """No new trial starts once the budget is spent: a clock that trials advance by 25 s, a 30 s budget."""
+    from keras_r21d.tuning import tuner as tuner_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(tuner_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
+    run_trial = tuner_module._VideoTrials.run_trial
+
+    def run_and_advance(self, trial, *args, **kwargs):
+        result = run_trial(self, trial, *args, **kwargs)
+        clock[0] += 25.0
+        return result
+
+    monkeypatch.setattr(tuner_module._VideoTrials, "run_trial", run_and_advance)
     out = str(tmp_path / "search")
-    space = SearchSpace(variants=("fr2d",), depths=(10,), frames=(4,), width_multipliers=(0.125,),
-                        lr=(0.001, 0.1), weight_decay=(1e-4, 1e-4), warmup_epochs=(0,))
-    started = time.monotonic()
-    rows = tune(tiny_data, out, space, max_trials=5, epochs=1, budget_minutes=0.05, **SETTINGS)
-    # The first trial starts within the 3-second budget and takes longer: no second one starts.
-    assert len(rows) == 1 and rows[0]["status"] == "COMPLETED"
-    assert time.monotonic() - started < 120
+    rows = tune(tiny_data, out, SPACE, max_trials=5, epochs=1, budget_minutes=0.5, **SETTINGS)
+    # Trials start at 0 s and 25 s; at 50 s the budget is spent.
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"COMPLETED"}
+    assert len(_trial_records(out)) == 2
+
+
+SPACE = SearchSpace(variants=("fr2d",), depths=(10,), frames=(4,), width_multipliers=(0.125,), lr=(0.001, 0.1),
+                    weight_decay=(1e-4, 1e-4), warmup_epochs=(0,))
+
+
+def test_bayesian_search_runs_and_resumes(tiny_data, tmp_path):
+    import keras_tuner as kt
+
+    from keras_r21d.tuning import make_tuner
+
+    out = str(tmp_path / "search")
+    rows = tune(tiny_data, out, SPACE, algorithm="bayesian", max_trials=2, epochs=1, seed=1, **SETTINGS)
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"COMPLETED"}
+    finished = {name: os.path.getmtime(os.path.join(out, "trials", name, "trial.json"))
+                for name in _trial_records(out)}
+    # Asked for one trial more, the reloaded Bayesian oracle keeps the two and runs a third.
+    rows = tune(tiny_data, out, SPACE, algorithm="bayesian", max_trials=3, epochs=1, seed=1, **SETTINGS)
+    assert len(rows) == 3 and {row["status"] for row in rows} == {"COMPLETED"}
+    for name, mtime in finished.items():
+        assert os.path.getmtime(os.path.join(out, "trials", name, "trial.json")) == mtime
+    assert len({row["hyperparameters"]["lr"] for row in rows}) == 3
+    tuner = make_tuner(tiny_data, out, SPACE, algorithm="bayesian", max_trials=3, epochs=1, seed=1, **SETTINGS)
+    assert isinstance(tuner.oracle, kt.oracles.BayesianOptimizationOracle) and len(tuner.oracle.trials) == 3
+
+
+def test_hyperband_continues_trials_from_their_saved_models(tiny_data, tmp_path):
+    out = str(tmp_path / "search")
+    rows = tune(tiny_data, out, SPACE, algorithm="hyperband", epochs=3, seed=2, **SETTINGS)
+    assert rows and {row["status"] for row in rows} == {"COMPLETED"}
+    records = _trial_records(out)
+    continued = 0
+    for row in rows:
+        trial_dir = os.path.join(out, "trials", f"trial_{row['trial_id']}")
+        run = json.load(open(os.path.join(trial_dir, "run.json")))
+        epochs_run = len(open(os.path.join(trial_dir, "history.csv")).read().splitlines()) - 1
+        previous = _hyperparameters(out, row["trial_id"]).get("tuner/trial_id")
+        if previous is None:
+            assert run["init"] is None and epochs_run == row["epochs"]
+            continue
+        continued += 1
+        # It starts from the model the earlier bracket's trial saved (head kept: same classes) and trains
+        # only the epochs that trial had not.
+        source = os.path.join(out, "trials", f"trial_{previous}", "model.keras")
+        assert os.path.isfile(source) and run["config"]["init"] == source and run["init"]["kept_head"]
+        initial = _hyperparameters(out, row["trial_id"])["tuner/initial_epoch"]
+        assert epochs_run == row["epochs"] - initial > 0
+        assert records[f"trial_{previous}"]["epochs"] == initial
+    assert continued >= 1
+
+
+def _hyperparameters(out, trial_id):
+    with open(os.path.join(out, "search", f"trial_{trial_id}", "trial.json")) as f:
+        return json.load(f)["hyperparameters"]["values"]
+
+
+def test_an_interrupted_trial_resumes_from_its_checkpoint(tiny_data, tmp_path):
+    out = str(tmp_path / "search")
+    args = ("--max-trials", "1", "--seed", "5", "--variants", "fr2d", "--clip-lengths", "4", "--epochs", "3")
+    process = _tune_cli(tiny_data, out, *args)
+    state = os.path.join(out, "trials")
+
+    def checkpointed():
+        for name in os.listdir(state) if os.path.isdir(state) else []:
+            path = os.path.join(state, name, "checkpoints", "state.json")
+            if os.path.isfile(path) and json.load(open(path))["epoch"] >= 1:
+                return name
+        return None
+
+    try:
+        _wait_for(checkpointed, 400, "the trial's first checkpoint")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    name = checkpointed()
+    killed_at = json.load(open(os.path.join(state, name, "checkpoints", "state.json")))["epoch"]
+    assert killed_at < 3 and not os.path.isfile(os.path.join(state, name, "trial.json"))
+    rerun = _tune_cli(tiny_data, out, *args)
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output[-3000:]
+    assert os.listdir(state) == [name]  # the same trial, not a new one
+    run = json.load(open(os.path.join(state, name, "run.json")))
+    assert run["status"] == "done" and run["resumed_from_epoch"] == killed_at
+    rows = open(os.path.join(state, name, "history.csv")).read().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == [0, 1, 2]  # each epoch trained once
+    assert {r["status"] for r in _results(out)} == {"COMPLETED"}

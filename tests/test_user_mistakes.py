@@ -402,7 +402,7 @@ def _peak_mb(*args):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not videos.ffmpeg_available(), reason="needs ffmpeg (installed by make test)")
+@videos.needs_ffmpeg
 def test_memory_follows_the_clip_not_the_video(trained, tmp_path):
     """`predict` on a 1080p video peaks where it does on a 240p one: frames are shrunk as they are decoded."""
     made = {}

@@ -7,6 +7,7 @@ import subprocess
 
 import cv2
 import numpy as np
+import pytest
 
 
 def moving_frames(n, height=48, width=64, seed=0, gray=False):
@@ -37,6 +38,11 @@ def write_opencv(path, frames, fourcc="mp4v", fps=25.0):
 
 def ffmpeg_available():
     return shutil.which("ffmpeg") is not None
+
+
+# The one rule for tests that write videos with Debian's ffmpeg: they skip with this reason where it is missing
+# (`make test` installs it; the session header says whether it was found: see conftest.py).
+needs_ffmpeg = pytest.mark.skipif(not ffmpeg_available(), reason="ffmpeg is not installed (make test installs it)")
 
 
 def write_ffmpeg(path, frames, fps=25, gop=100, codec="libx264"):
