@@ -53,7 +53,7 @@ def test_ucf101(tmp_path, a_video, layout):
          r"trainlist01.txt:1: label '2' does not match"),
         ("trainlist01.txt", "ApplyEyeMakeup/v_missing.avi 1\n", r"trainlist01.txt:1: video file not found"),
         ("classInd.txt", "1 ApplyEyeMakeup\nArchery\n", r"classInd.txt:2: expected '<index> <ClassName>'"),
-        ("trainlist01.txt", "../../etc/passwd 1\n", r"trainlist01.txt:1: unknown class '\.\.' \(not in .*classInd.txt\)"),
+        ("trainlist01.txt", "../../etc/passwd 1\n", r"trainlist01.txt:1: unknown class '\.\.' \(not in .*classInd"),
         ("trainlist01.txt", "ApplyEyeMakeup/../../../outside.avi 1\n", r"trainlist01.txt:1: path .* outside"),
     ],
 )

@@ -115,7 +115,7 @@ def test_depth_tables_are_the_papers():
 
 
 def _paper_conv_types(variant):
-    """conv1..conv5 per the paper's definitions (Section 3): MCx is 3D below group x and 2D from it; rMCx the reverse."""
+    """conv1..conv5 by the paper (Section 3): MCx is 3D below group x and 2D from it; rMCx the reverse."""
     if variant.startswith("rmc"):
         x = int(variant[3:])
         return ["2d" if group < x else "3d" for group in range(1, 6)]
