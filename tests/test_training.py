@@ -127,6 +127,56 @@ def test_reaches_clearly_above_chance(motion_run):
     assert report["video_top1"] >= 1.6 * chance, report
 
 
+def test_best_checkpoint_is_chosen_by_validation_video_accuracy(tmp_path):
+    """`best.keras` follows `val_video_accuracy`, not clip accuracy or loss; a resumed callback keeps the best."""
+    from keras_r21d.training.callbacks import ResumableCheckpoint, read_state
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
+    model.compile(optimizer="sgd", loss="mse")
+    epochs = [  # (Video@1, Clip@1, loss): Video@1 is best at epoch 2, the others at epoch 3
+        (0.50, 0.40, 0.9), (0.75, 0.30, 0.8), (0.60, 0.90, 0.1),
+    ]
+    checkpoints = str(tmp_path / "checkpoints")
+    callback = ResumableCheckpoint(checkpoints)
+    callback.set_model(model)
+    marks = []
+    for epoch, (video, clip, loss) in enumerate(epochs[:2]):
+        model.get_layer("dense").bias.assign([epoch + 1.0, 0.0])  # identifies the epoch's weights
+        callback.on_epoch_end(epoch, {"val_video_accuracy": video, "val_accuracy": clip, "val_loss": loss,
+                                      "loss": loss})
+        marks.append(epoch + 1.0)
+    # A new callback (a resumed run) reads the best so far and keeps it through a worse epoch.
+    callback = ResumableCheckpoint(checkpoints)
+    callback.set_model(model)
+    model.get_layer("dense").bias.assign([3.0, 0.0])
+    video, clip, loss = epochs[2]
+    callback.on_epoch_end(2, {"val_video_accuracy": video, "val_accuracy": clip, "val_loss": loss, "loss": loss})
+    state = read_state(checkpoints)
+    assert state["monitor"] == "val_video_accuracy" and state["best"] == 0.75 and state["epoch"] == 3
+    best = keras.models.load_model(os.path.join(checkpoints, "best.keras"), safe_mode=True)
+    assert float(best.get_layer("dense").bias[0]) == 2.0
+    latest = keras.models.load_model(os.path.join(checkpoints, state["checkpoint"]), safe_mode=True)
+    assert float(latest.get_layer("dense").bias[0]) == 3.0
+
+
+def test_a_run_writes_tensorboard_logs_and_keeps_its_best_video_accuracy(tiny_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(_tiny_config(tiny_data, out, epochs=3, tensorboard=True))
+    scalars = {}
+    for split in ("train", "validation"):
+        events = EventAccumulator(str(out / "logs" / split), size_guidance={"tensors": 0}).Reload()
+        scalars[split] = {tag: [event.step for event in events.Tensors(tag)] for tag in events.Tags()["tensors"]}
+    assert scalars["train"]["epoch_loss"] == [0, 1, 2] and scalars["train"]["epoch_learning_rate"] == [0, 1, 2]
+    assert scalars["validation"]["epoch_video_accuracy"] == [0, 1, 2]
+    history = (out / "history.csv").read_text().splitlines()
+    column = history[0].split(",").index("val_video_accuracy")
+    video = [float(row.split(",")[column]) for row in history[1:]]
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["monitor"] == "val_video_accuracy" and state["best"] == pytest.approx(max(video))
+
+
 def _cli(*args, env=ENV, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "keras_r21d", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
