@@ -20,6 +20,29 @@ def free_port():
         return s.getsockname()[1]
 
 
+def read_until(process, text, timeout):
+    """Reads the process's output until a line holds `text`; fails with the output when it exits or times out."""
+    import queue
+    import threading
+    import time
+
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if line is None:
+            raise AssertionError(f"exited ({process.wait()}) before printing {text!r}:\n{''.join(seen)[-3000:]}")
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError(f"{text!r} not printed within {timeout} s:\n{''.join(seen)[-3000:]}")
+
+
 def random_clip(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 

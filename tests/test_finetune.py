@@ -64,6 +64,28 @@ def test_stages_and_freezing():
         set_trainable(model, "conv6")
 
 
+def test_a_frozen_backbone_stays_frozen_after_saving_and_loading(tmp_path):
+    """A model saved with its backbone frozen (the head-only phase's checkpoints) trains its head alone when
+    loaded: the blocks' inner BatchNorms keep their statistics (they built unfrozen on load before)."""
+    model = keras_r21d.R2Plus1D(10, input_shape=(4, 32, 32, 3), classes=3, width_multiplier=0.125)
+    set_trainable(model, "head")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    path = str(tmp_path / "frozen.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    inner = [layer for layer in loaded.get_layer("conv2_block1")._flatten_layers(include_self=False)]
+    assert inner and not any(layer.trainable for layer in inner)
+    again = keras.models.load_model(path, safe_mode=True)
+    set_trainable(again, "head")  # what a resumed head-only phase does
+    for candidate in (loaded, again):
+        before = _weights(candidate)
+        clips = np.random.default_rng(0).normal(size=(4, 4, 32, 32, 3)).astype("float32")
+        candidate.fit(clips, np.array([0, 1, 2, 0]), epochs=1, verbose=0)
+        after = _weights(candidate)
+        changed = [name for name in before if not _same(before[name], after[name])]
+        assert changed == ["predictions"], changed
+
+
 @pytest.mark.slow
 def test_finetune_on_another_dataset(source_run, tmp_path):
     source = _weights(source_run["model"])
@@ -126,3 +148,57 @@ def test_r2d_cannot_change_clip_length(tmp_path):
         TrainConfig(data=data, freeze_backbone_epochs=1)
     with pytest.raises(ValueError, match="freeze_backbone_epochs"):
         TrainConfig(data=data, init="x.keras", epochs=2, freeze_backbone_epochs=2)
+
+
+PRESET_CLI = os.path.join(os.path.dirname(__file__), "workers", "cli_with_preset.py")
+
+
+@pytest.mark.slow
+def test_init_from_a_preset_through_train_and_resume_into_the_finetuning_phase(tmp_path):
+    """`train --init kinetics400` (a local preset), killed after its head-only epoch, resumes into fine-tuning."""
+    import signal
+
+    from keras_r21d.weights import presets
+    from tests.test_case import read_until
+    from tests.workers.cli_with_preset import CACHE_FILE, PRESET
+
+    data = make_synthetic_dataset(str(tmp_path / "syn"), classes=3, videos_per_class=4, frames=(12, 16),
+                                  size=(48, 32), seed=0)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    keras.utils.set_random_seed(3)
+    reference = presets._reference_model(PRESET)  # the preset's converted weights, as a first use leaves them
+    reference.save_weights(str(cache / CACHE_FILE))
+    backbone = {name: values for name, values in _weights(reference).items() if name != "predictions"}
+    out = tmp_path / "run"
+    command = [sys.executable, PRESET_CLI, "train", "--data", data, "--out", str(out), "--arch", "r2plus1d",
+               "--depth", "10", "--init", "kinetics400", "--epochs", "3", "--freeze-backbone-epochs", "1",
+               "--frames", "4", "--size", "32", "--batch-size", "4", "--test-clips", "1", "--no-flip",
+               "--no-tensorboard"]
+    env = {**os.environ, "KERAS_R21D_CACHE": str(cache), "CI": "1", "PYTHONUNBUFFERED": "1",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        read_until(process, "Epoch 2/3", timeout=600)  # the head-only epoch is checkpointed
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 1
+    after_head = _weights(keras.models.load_model(out / "checkpoints" / state["checkpoint"], safe_mode=True))
+    # The preset's backbone (BatchNorm statistics included) was loaded and kept frozen; a new 3-class head trained.
+    assert all(_same(after_head[name], values) for name, values in backbone.items())
+    assert after_head["predictions"][0].shape == (512, 3)
+    resumed = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done" and run["resumed_from_epoch"] == 1
+    assert run["init"]["init"] == "preset 'kinetics400' of r2plus1d_10" and not run["init"]["kept_head"]
+    assert [(p["end_epoch"], p["trainable_from"]) for p in run["phases"]] == [(1, "head"), (3, None)]
+    final = _weights(keras.models.load_model(out / "model.keras", safe_mode=True))
+    changed = [name for name, values in backbone.items() if not _same(final[name], values)]
+    assert "conv1_spatial" in changed and "conv5_block1" in changed  # the resumed epochs trained the backbone
+    with open(out / "history.csv") as f:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(f)]
+    # Head at 0.01 per 32 clips, then fine-tuning at 0.001 per 32 clips (batch 4).
+    np.testing.assert_allclose(rates, [0.01 * 4 / 32, 0.001 * 4 / 32, 0.001 * 4 / 32], rtol=1e-5)

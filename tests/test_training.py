@@ -13,7 +13,7 @@ import keras_r21d
 from keras_r21d.data import ClipConfig, load_dataset, make_synthetic_dataset
 from keras_r21d.training import ResumeError, TrainConfig, compute_metrics, load_checkpoint, predict_clips, train
 from keras_r21d.training.recipe import WarmupSchedule
-from tests.test_case import free_port
+from tests.test_case import free_port, read_until
 
 HERE = os.path.dirname(__file__)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CI": "1"}
@@ -182,28 +182,6 @@ def _cli(*args, env=ENV, **kwargs):
                             stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-def _read_until(process, text, timeout):
-    """Reads the process's output until a line holds `text`; fails with the output when it exits or times out."""
-    import queue
-    import threading
-
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put(None)],
-                     daemon=True).start()
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        if line is None:
-            raise AssertionError(f"exited ({process.wait()}) before printing {text!r}:\n{''.join(seen)[-3000:]}")
-        seen.append(line)
-        if text in line:
-            return "".join(seen)
-    raise AssertionError(f"{text!r} not printed within {timeout} s:\n{''.join(seen)[-3000:]}")
-
-
 TRAIN_ARGS = ["--arch", "r2plus1d", "--depth", "10", "--frames", "4", "--size", "32", "--batch-size", "2",
               "--width-multiplier", "0.125", "--test-clips", "2", "--no-tensorboard"]
 
@@ -214,7 +192,7 @@ def test_kill_and_resume(tiny_data, tmp_path):
     state = out / "checkpoints" / "state.json"
     process = _cli("train", "--data", tiny_data, "--out", str(out), "--epochs", "4", *TRAIN_ARGS,
                    env={**ENV, "PYTHONUNBUFFERED": "1"})
-    _read_until(process, "Epoch 2/4", timeout=300)  # epoch 1 is checkpointed, epoch 2 has begun
+    read_until(process, "Epoch 2/4", timeout=300)  # epoch 1 is checkpointed, epoch 2 has begun
     process.send_signal(signal.SIGKILL)
     process.wait(30)
     killed_at = json.loads(state.read_text())["epoch"]

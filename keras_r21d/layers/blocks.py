@@ -3,7 +3,7 @@
 import keras
 
 from keras_r21d.layers.conv2plus1d import Conv2Plus1D
-from keras_r21d.layers.utils import paper_midplanes
+from keras_r21d.layers.utils import freeze_built_sublayers, paper_midplanes
 from keras_r21d.layers.video_conv import IMPLEMENTATIONS, VideoConv
 
 CONV_TYPES = ("3d", "2d", "2plus1d")
@@ -272,6 +272,7 @@ class BasicBlock(_ResidualBlock):
         self.conv2 = self._typed_conv(self.filters, 1, "conv2", midplanes=mid)
         self._build_chain([(self.conv1, self.bn1), (self.conv2, self.bn2)], input_shape)
         self._build_shortcut(input_shape)
+        freeze_built_sublayers(self)
 
     def call(self, inputs, training=None):
         x = self._norm(self.bn1, self.conv1(inputs, training=training), training, self.relu1)
@@ -329,6 +330,7 @@ class BottleneckBlock(_ResidualBlock):
             [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)], input_shape
         )
         self._build_shortcut(input_shape)
+        freeze_built_sublayers(self)
 
     def call(self, inputs, training=None):
         x = self._norm(self.bn1, self.conv1(inputs), training, self.relu1)

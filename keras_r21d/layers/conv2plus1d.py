@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_r21d.layers.utils import conv_output_length, normalize_triple, paper_midplanes
+from keras_r21d.layers.utils import conv_output_length, freeze_built_sublayers, normalize_triple, paper_midplanes
 from keras_r21d.layers.video_conv import IMPLEMENTATIONS, VideoConv
 
 
@@ -137,6 +137,7 @@ class Conv2Plus1D(keras.layers.Layer):
         if self.bn is not None:
             self.bn.build(mid_shape)
         self.temporal.build(mid_shape)
+        freeze_built_sublayers(self)
 
     def call(self, inputs, training=None):
         x = self.spatial(inputs)

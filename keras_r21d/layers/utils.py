@@ -30,3 +30,17 @@ def paper_midplanes(in_channels, out_channels, kernel_size=(3, 3, 3)):
     """
     t, h, w = kernel_size
     return (t * h * w * in_channels * out_channels) // (h * w * in_channels + t * out_channels)
+
+
+def freeze_built_sublayers(layer):
+    """Gives the sublayers `layer` created in `build()` its frozen state.
+
+    A layer constructed with `trainable=False` (as Keras rebuilds a frozen
+    layer from its config on loading) creates its sublayers trainable;
+    Keras' `trainable` setter, which would pass the state on, is not called
+    again. Left so, a loaded frozen block would update its BatchNorm
+    statistics in training. Called at the end of `build()`.
+    """
+    if not layer.trainable:
+        for sublayer in layer._flatten_layers(include_self=False):
+            sublayer.trainable = False
