@@ -74,6 +74,35 @@ def _predictions(folder):
             for index, path in enumerate(saved["paths"])}
 
 
+def test_cli_evaluate_on_a_good_model(trained, data_root, tmp_path):
+    """`keras-r21d evaluate` prints and writes the report the clips' probabilities give, one line per class."""
+    out = tmp_path / "eval"
+    result = _cli("evaluate", "--model", trained / "model.keras", "--data", f"ucf101:{data_root}", "--clips", "2",
+                  "--out", out)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    # The report from the saved clip probabilities: video = mean of its clips, Video@1 = argmax vs label.
+    saved = np.load(out / "clip_predictions.npz")
+    assert len(saved["paths"]) == 8 and len(saved["labels"]) == 16  # 2 test videos per class, 2 clips each
+    video_hits = []
+    for index in range(len(saved["paths"])):
+        mine = saved["video_ids"] == index
+        video_hits.append(saved["probabilities"][mine].mean(axis=0).argmax() == saved["labels"][mine][0])
+    clip_top1 = float((saved["probabilities"].argmax(1) == saved["labels"]).mean())
+    assert report["video_top1"] == pytest.approx(float(np.mean(video_hits)))
+    assert report["clip_top1"] == pytest.approx(clip_top1) and report["videos"] == 8 and report["clips"] == 16
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"Clip@1 {100 * clip_top1:.2f}  Clip@5 ")
+    assert f"Video@1 {100 * report['video_top1']:.2f}" in lines[0] and "(8 videos, 16 clips, 2 per video)" in lines[0]
+    assert [line.split()[0] for line in lines[1:5]] == CLASSES
+    assert lines[-1] == f"report: {out / 'report.json'}"
+    # --json prints the same report.
+    again = _cli("evaluate", "--model", trained / "model.keras", "--data", f"ucf101:{data_root}", "--clips", "2",
+                 "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["video_top1"] == report["video_top1"]
+
+
 def test_evaluate_pairs_classes_by_name_in_any_order(trained, data_root, tmp_path):
     model = str(trained / "model.keras")
     reference = evaluate(model, f"ucf101:{data_root}", clips=2, out_dir=str(tmp_path / "a"))
