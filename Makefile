@@ -32,8 +32,9 @@ sysdeps:
 	      || echo "warning: could not install ffmpeg; H.264 tests will be skipped"; \
 	  else echo "warning: ffmpeg not found and cannot be installed here; H.264 tests will be skipped"; fi; }
 
+# DEMO_ARGS shortens it (the suite runs `examples/demo.py --epochs 1 --videos-per-class 6`).
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) examples/demo.py $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check keras_r21d tests tools examples

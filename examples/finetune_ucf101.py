@@ -9,6 +9,8 @@ rate.
         --arch r2plus1d --depth 18 --out runs/ft_ucf101
     python examples/finetune_ucf101.py --data ucf101:/data/UCF101 --init runs/my_kinetics_run --out runs/ft
     python examples/finetune_ucf101.py --synthetic --out ft_demo     # offline, about 5 minutes on 2 cores
+    python examples/finetune_ucf101.py --synthetic --source-epochs 1 --epochs 2 --freeze-backbone-epochs 1 \\
+        --videos-per-class 6 --batch-size 4 --out ft_smoke               # the suite's shortened run
 
 `--synthetic` needs no download: it trains a small source network on four
 synthetic motion classes, then fine-tunes it on a new synthetic dataset of
@@ -33,13 +35,14 @@ SMALL = dict(depth=10, frames=8, size=48, resize_to=(48, 64), batch_size=16, wid
              val_freq=100, tensorboard=False)
 
 
-def synthetic_source(out):
+def synthetic_source(out, epochs=15, videos_per_class=64):
     """A small R(2+1)D trained on 4 synthetic motion classes: the stand-in for a Kinetics-pretrained model."""
-    data = make_synthetic_dataset(os.path.join(out, "source_data"), classes=4, videos_per_class=64, seed=0)
+    data = make_synthetic_dataset(os.path.join(out, "source_data"), classes=4, videos_per_class=videos_per_class,
+                                  seed=0)
     run = os.path.join(out, "source_run")
     if not os.path.isfile(os.path.join(run, "model.keras")):
         print(f"[source] training a small R(2+1)D on 4 synthetic motion classes -> {run}")
-        train(TrainConfig(data=data, out=run, arch="r2plus1d", epochs=15, lr=0.01, **SMALL), resume=is_run(run))
+        train(TrainConfig(data=data, out=run, arch="r2plus1d", epochs=epochs, lr=0.01, **SMALL), resume=is_run(run))
     return run
 
 
@@ -56,13 +59,17 @@ def main():
     parser.add_argument("--finetune-lr", type=float, default=None, help="default 0.001 x batch / 32")
     parser.add_argument("--trainable-from", default=None, help="conv2..conv5: keep earlier stages frozen")
     parser.add_argument("--synthetic", action="store_true", help="offline run on synthetic data")
+    parser.add_argument("--source-epochs", type=int, default=15, help="--synthetic: epochs of the source network")
+    parser.add_argument("--videos-per-class", type=int, default=None,
+                        help="--synthetic: videos per class of both datasets (default 64 source, 48 target)")
     parser.add_argument("--out", default="finetune_out")
     args = parser.parse_args()
     start = time.time()
 
     if args.synthetic:
-        init = synthetic_source(args.out)
-        data = make_synthetic_dataset(os.path.join(args.out, "target_data"), classes=2, videos_per_class=48, seed=1)
+        init = synthetic_source(args.out, args.source_epochs, args.videos_per_class or 64)
+        data = make_synthetic_dataset(os.path.join(args.out, "target_data"), classes=2,
+                                      videos_per_class=args.videos_per_class or 48, seed=1)
         settings = dict(SMALL, batch_size=args.batch_size, lr=0.01, finetune_lr=args.finetune_lr or 0.003)
     else:
         if not args.data or not args.init:
