@@ -100,28 +100,54 @@ def test_archive_checks(tmp_path, genuine):
         check_keras_archive(str(absolute))
 
 
-@pytest.mark.parametrize("command", [
+COMMANDS = [
     ["predict", "--model", "{model}", "{video}"],
     ["evaluate", "--model", "{model}", "--data", "{data}"],
     ["export", "--model", "{model}", "--out", "{out}"],
     ["extract", "--model", "{model}", "--data", "{data}", "--out", "{out}"],
     ["train", "--data", "{data}", "--out", "{out}", "--init", "{model}", "--epochs", "1"],
-])
+]
+
+
 @pytest.mark.slow
-def test_every_command_refuses_hostile_files(genuine, tmp_path, command):
+def test_every_command_refuses_hostile_files(genuine, tmp_path):
+    """Every command that reads a model, with every hostile file: exit 2 naming the file, one line, no payload.
+
+    The 25 command lines run through the CLI's `main` in one child process (tests/workers/cli_calls.py):
+    TensorFlow starts once, and a file that switched safe mode off would show in the calls after it."""
     from tests.videos import moving_frames, write_opencv
 
     files, marker = _hostile_files(tmp_path, genuine)
     data_root = tmp_path / "data"
     video = write_opencv(data_root / "a" / "v.avi", moving_frames(20, 32, 32))
     write_opencv(data_root / "b" / "v.avi", moving_frames(20, 32, 32, seed=1))
-    for kind, (path, _) in files.items():
-        args = [a.format(model=path, video=video, data=f"folder:{data_root}", out=tmp_path / "out") for a in command]
-        result = subprocess.run([sys.executable, "-m", "keras_r21d", *args], capture_output=True, text=True,
-                                env=ENV, timeout=300)
-        assert result.returncode == 2, (kind, result.stderr[-1500:])
-        assert str(path) in result.stderr, (kind, result.stderr[-1500:])
-        assert "Traceback" not in result.stderr, (kind, result.stderr[-1500:])
+    calls, labels = [], []
+    for command in COMMANDS:
+        for kind, (path, _) in files.items():
+            calls.append([a.format(model=path, video=video, data=f"folder:{data_root}", out=tmp_path / "out")
+                          for a in command])
+            labels.append((command[0], kind, str(path)))
+    calls_file = tmp_path / "calls.json"
+    calls_file.write_text(json.dumps(calls))
+    worker = os.path.join(os.path.dirname(__file__), "workers", "cli_calls.py")
+    result = subprocess.run([sys.executable, worker, str(calls_file)], capture_output=True, text=True, env=ENV,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(answers) == len(calls) == 25
+    for (command, kind, path), answer in zip(labels, answers):
+        what = (command, kind, answer["stderr"][-1500:])
+        assert answer["code"] == 2, what
+        assert "Traceback" not in answer["stderr"], what
+        errors = [line for line in answer["stderr"].splitlines() if line.startswith(f"keras-r21d {command}: error: ")]
+        assert len(errors) == 1 and path in errors[0], what
+        assert answer["safe_mode"] is not False, what
+    # And once through the real console entry point, in its own process.
+    lambda_file = str(files["lambda"][0])
+    real = subprocess.run([sys.executable, "-m", "keras_r21d", "predict", "--model", lambda_file, video],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert real.returncode == 2 and real.stderr.startswith("keras-r21d predict: error: "), real.stderr
+    assert lambda_file in real.stderr.splitlines()[0] and "Traceback" not in real.stderr
     assert not os.path.exists(marker)
     assert not os.path.exists(tmp_path / "out")
     assert not os.path.exists(tmp_path.parent / "escaped.txt")
