@@ -6,17 +6,7 @@ model sees exactly what the evaluator sees.
 
 import tensorflow as tf
 
-# RGB mean and std on the 0..1 scale (VMZ and torchvision's video models).
-MEAN = (0.43216, 0.394666, 0.37645)
-STD = (0.22803, 0.22145, 0.216989)
-# The paper resizes frames to 128x171 before cropping 112x112.
-RESIZE = (128, 171)
-CROP = 112
-
-
-def resize_for_crop(crop=CROP):
-    """The pre-crop frame size for a crop: the paper's 128x171 for 112, scaled for other crops."""
-    return (round(crop * RESIZE[0] / CROP), round(crop * RESIZE[1] / CROP))
+from keras_r21d.data.defaults import CROP, MEAN, RESIZE, STD, resize_for_crop  # noqa: F401 - transforms' names
 
 
 def resize_frames(frames, size=RESIZE):

@@ -15,15 +15,15 @@ import tempfile
 
 import keras
 
-from keras_r21d.data import transforms
+from keras_r21d.data import defaults
 from keras_r21d.weights.convert import ConversionError, convert_state_dict, load_torch_checkpoint
 
 TORCHVISION = "https://download.pytorch.org/models/"
 IG65M = "https://github.com/moabitcoin/ig65m-pytorch/releases/download/v1.0.0/"
 # Every preset's preprocessing (torchvision's video preset and VMZ): resize 128x171 bilinear without
 # antialiasing, center crop 112, RGB on the 0..1 scale normalized by this mean and std, every frame.
-PREPROCESSING = {"resize": list(transforms.RESIZE), "crop": transforms.CROP, "mean": list(transforms.MEAN),
-                 "std": list(transforms.STD), "frame_stride": 1}
+PREPROCESSING = {"resize": list(defaults.RESIZE), "crop": defaults.CROP, "mean": list(defaults.MEAN),
+                 "std": list(defaults.STD), "frame_stride": 1}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,103 @@
+"""The core (layers, builders, model_stats, fold_batchnorm, .keras files) on JAX and PyTorch, without TensorFlow.
+
+Each backend runs in its own child process (tests/workers/backend_check.py), started without the site packages
+(`python -S`) on a folder of links to every installed package but TensorFlow: there, TensorFlow is not
+installed. This process (TensorFlow) writes every variant's weights and outputs; the child must reproduce them,
+fold, train a step and save a file that TensorFlow reads back.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_r21d
+from keras_r21d.models.specs import VARIANTS
+
+pytestmark = pytest.mark.slow  # a child process per backend building and training all 12 variants
+
+WORKER = os.path.join(os.path.dirname(__file__), "workers", "backend_check.py")
+KWARGS = dict(input_shape=(4, 32, 32, 3), classes=5, width_multiplier=0.25)
+DEPTH = 10
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("backend_fixtures")
+    rng = np.random.default_rng(0)
+    clips = rng.normal(size=(2, 4, 32, 32, 3)).astype("float32")
+    labels = np.array([1, 3])
+    arrays, facts = {"clips": clips, "labels": labels}, {}
+    for variant in VARIANTS:
+        model = keras_r21d.get_model(f"{variant}_{DEPTH}", **KWARGS)
+        for variable in model.non_trainable_weights:  # non-trivial BatchNorm statistics
+            if "moving_mean" in variable.path:
+                variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
+            elif "moving_variance" in variable.path:
+                variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+        model.save_weights(str(folder / f"{variant}.weights.h5"))
+        model.save(str(folder / f"{variant}.keras"))
+        arrays[f"{variant}_outputs"] = np.asarray(model(clips, training=False))
+        stats = keras_r21d.model_stats(model)
+        facts[variant] = {"depth": DEPTH, "kwargs": KWARGS, "paper_params": stats["paper_params"],
+                          "gflops": stats["gflops"]}
+    np.savez(folder / "reference.npz", **arrays)
+    (folder / "reference.json").write_text(json.dumps({"variants": facts}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def without_tensorflow(tmp_path_factory):
+    """A folder of links to everything in this environment's site packages except TensorFlow's."""
+    import site
+
+    folder = tmp_path_factory.mktemp("site_without_tensorflow")
+    for packages in site.getsitepackages():
+        for entry in os.listdir(packages):
+            if entry.lower().startswith("tensorflow") or entry.endswith(".pth") or (folder / entry).exists():
+                continue
+            os.symlink(os.path.join(packages, entry), folder / entry)
+    return folder
+
+
+def _available(module):
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize("backend", [
+    pytest.param("jax", marks=pytest.mark.skipif(not _available("jax"), reason="jax is not installed "
+                                                 "(make test installs it)")),
+    pytest.param("torch", marks=pytest.mark.skipif(not _available("torch"), reason="torch is not installed "
+                                                   "(make test installs it)")),
+])
+def test_every_variant_on_another_backend_without_tensorflow(fixtures, without_tensorflow, backend, tmp_path):
+    out = tmp_path / "result.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "-1", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([root, str(without_tensorflow)])}
+    result = subprocess.run([sys.executable, "-S", WORKER, str(fixtures), str(out)], capture_output=True,
+                            text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    found = json.loads(out.read_text())
+    assert found["backend"] == backend and found["tensorflow_modules"] == [] and not found["tensorflow_findable"]
+    reference = json.loads((fixtures / "reference.json").read_text())["variants"]
+    arrays = np.load(fixtures / "reference.npz")
+    assert sorted(found["variants"]) == sorted(VARIANTS)
+    for variant, facts in found["variants"].items():
+        # The same weights, and the same .keras file, give TensorFlow's outputs.
+        assert facts["weights_diff"] <= 1e-4 and facts["file_diff"] <= 1e-4, (variant, facts)
+        assert facts["fold_diff"] <= 1e-4, (variant, facts)
+        assert facts["paper_params"] == reference[variant]["paper_params"]
+        assert facts["gflops"] == pytest.approx(reference[variant]["gflops"])
+        assert facts["losses"][1] < facts["losses"][0], (variant, facts["losses"])
+        # The file this backend saved reads back on TensorFlow with its outputs. compile=False: its compile
+        # config names the backend's own optimizer class (keras.src.backend.torch.optimizers...), which would
+        # import torch here, and torch imported after TensorFlow crashes the process.
+        moved = keras.models.load_model(facts["saved"], safe_mode=True, compile=False)
+        np.testing.assert_allclose(np.asarray(moved(arrays["clips"], training=False)), facts["saved_outputs"],
+                                   atol=1e-4, err_msg=variant)

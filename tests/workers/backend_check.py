@@ -1,0 +1,56 @@
+"""The core on another Keras backend, in a process where TensorFlow is not installed.
+
+    KERAS_BACKEND=jax python -S tests/workers/backend_check.py FIXTURES OUT.json   (PYTHONPATH: see the test)
+
+tests/test_backends.py starts it without the site packages (`-S`) on a copy of them that lacks TensorFlow, so
+`import tensorflow` fails here as it does where TensorFlow is not installed. FIXTURES (written on TensorFlow)
+holds, per variant, `<variant>.weights.h5`, `<variant>.keras` and TensorFlow's outputs and statistics in
+`reference.npz` / `reference.json`. For every variant this process builds the same network, loads the weights
+and the `.keras` file, compares outputs, folds the BatchNorms, takes two training steps and saves a `.keras`
+file of its own for TensorFlow to read back.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+
+if __name__ == "__main__":
+    fixtures, out_path = sys.argv[1], sys.argv[2]
+    import keras
+    import numpy as np
+
+    import keras_r21d
+
+    with open(os.path.join(fixtures, "reference.json")) as f:
+        reference = json.load(f)
+    arrays = np.load(os.path.join(fixtures, "reference.npz"))
+    clips, labels = arrays["clips"], arrays["labels"]
+    results = {"backend": keras.backend.backend(), "variants": {}}
+    for variant, facts in reference["variants"].items():
+        keras.utils.set_random_seed(1)
+        model = keras_r21d.get_model(f"{variant}_{facts['depth']}", **facts["kwargs"])
+        model.load_weights(os.path.join(fixtures, f"{variant}.weights.h5"))
+        expected = arrays[f"{variant}_outputs"]
+        outputs = keras.ops.convert_to_numpy(model(clips, training=False))
+        loaded = keras.models.load_model(os.path.join(fixtures, f"{variant}.keras"), safe_mode=True)
+        from_file = keras.ops.convert_to_numpy(loaded(clips, training=False))
+        folded = keras.ops.convert_to_numpy(keras_r21d.fold_batchnorm(model)(clips, training=False))
+        stats = keras_r21d.model_stats(model)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+        first = float(model.train_on_batch(clips, labels))  # the loss at the loaded weights, then one step
+        second = float(model.train_on_batch(clips, labels))  # the loss after that step
+        saved = os.path.join(os.path.dirname(out_path), f"{variant}.{keras.backend.backend()}.keras")
+        model.save(saved)
+        results["variants"][variant] = {
+            "weights_diff": float(np.abs(outputs - expected).max()),
+            "file_diff": float(np.abs(from_file - expected).max()),
+            "fold_diff": float(np.abs(folded - outputs).max()),
+            "paper_params": stats["paper_params"], "gflops": stats["gflops"],
+            "losses": [first, second], "saved": saved,
+            "saved_outputs": keras.ops.convert_to_numpy(model(clips, training=False)).tolist(),
+        }
+    results["tensorflow_modules"] = sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow")
+    results["tensorflow_findable"] = importlib.util.find_spec("tensorflow") is not None
+    with open(out_path, "w") as f:
+        json.dump(results, f)
