@@ -26,7 +26,8 @@ setup(
         "ai-edge-litert>=2.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hypothesis>=6.100"],
+        # jax: the core is tested on the JAX backend too (tests/test_backends.py; torch comes from the Makefile).
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hypothesis>=6.100", "jax"],
         # [bayesian] brings scipy and scikit-learn, which keras-tuner's BayesianOptimization needs.
         "tune": ["keras-tuner[bayesian]==1.4.8"],
         # Reading PyTorch checkpoints (keras-r21d convert, the first use of a preset); never needed at run time.

@@ -46,6 +46,14 @@ def fixtures(tmp_path_factory):
         stats = keras_r21d.model_stats(model)
         facts[variant] = {"depth": DEPTH, "kwargs": KWARGS, "paper_params": stats["paper_params"],
                           "gflops": stats["gflops"]}
+    # A preset whose converted weights are in the local cache (as after a first use): no download, no torch.
+    from keras_r21d.weights import presets
+    from tests.workers.cli_with_preset import CACHE_FILE, PRESET
+
+    (folder / "cache").mkdir()
+    reference = presets._reference_model(PRESET)
+    reference.save_weights(str(folder / "cache" / CACHE_FILE))
+    arrays["preset_outputs"] = np.asarray(reference(clips, training=False))
     np.savez(folder / "reference.npz", **arrays)
     (folder / "reference.json").write_text(json.dumps({"variants": facts}))
     return folder
@@ -101,3 +109,4 @@ def test_every_variant_on_another_backend_without_tensorflow(fixtures, without_t
         moved = keras.models.load_model(facts["saved"], safe_mode=True, compile=False)
         np.testing.assert_allclose(np.asarray(moved(arrays["clips"], training=False)), facts["saved_outputs"],
                                    atol=1e-4, err_msg=variant)
+    assert found["preset_diff"] <= 1e-4  # R2Plus1D(10, weights="kinetics400") from the local cache

@@ -50,6 +50,17 @@ if __name__ == "__main__":
             "losses": [first, second], "saved": saved,
             "saved_outputs": keras.ops.convert_to_numpy(model(clips, training=False)).tolist(),
         }
+    # A preset from a local converted .weights.h5 (the cache a first use fills), with the test's own preset.
+    from keras_r21d.weights import presets
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from cli_with_preset import PRESET
+
+    presets.PRESETS[:] = [PRESET]
+    os.environ["KERAS_R21D_CACHE"] = os.path.join(fixtures, "cache")
+    pretrained = keras_r21d.R2Plus1D(10, weights="kinetics400", input_shape=(4, 32, 32, 3))
+    results["preset_diff"] = float(np.abs(keras.ops.convert_to_numpy(pretrained(clips, training=False))
+                                          - arrays["preset_outputs"]).max())
     results["tensorflow_modules"] = sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow")
     results["tensorflow_findable"] = importlib.util.find_spec("tensorflow") is not None
     with open(out_path, "w") as f:
