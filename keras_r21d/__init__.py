@@ -19,7 +19,8 @@ from keras_r21d._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _MODEL_NAMES = ("FR2D", "MC2", "MC3", "MC4", "MC5", "R2D", "R3D", "RMC2", "RMC3", "RMC4", "RMC5", "R2Plus1D",
-                "VideoResNet", "fold_batchnorm", "get_model", "list_models", "model_stats")
+                "VideoResNet", "fold_batchnorm", "from_preset", "get_model", "get_preset", "list_models",
+                "list_presets", "model_stats")
 __getattr__, __dir__ = lazy_exports(__name__, {**{name: "models" for name in _MODEL_NAMES}, "layers": "layers",
                                                "saving": "saving"})
 

@@ -107,6 +107,24 @@ def cmd_models(args):
     return 0
 
 
+def cmd_presets(args):
+    from keras_r21d.weights.presets import PRESETS, cache_dir, converted_weights_path
+
+    rows = [dict(preset.metadata(), cached=os.path.isfile(converted_weights_path(preset))) for preset in PRESETS]
+    rows.sort(key=lambda row: row["handle"])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("| preset | classes | frames | labels | Video@1 (published) | converted here |")
+    print("|---|---:|---:|---|---:|---|")
+    for row in rows:
+        top1 = "-" if row["video_top1"] is None else f"{row['video_top1']:.2f}"
+        print(f"| {row['handle']} | {row['classes']} | {row['frames']} | {row['labels'] or '-'} | {top1} | "
+              f"{'yes' if row['cached'] else 'no'} |")
+    print(f"cache: {cache_dir()} (keras_r21d.from_preset(HANDLE), --init HANDLE)")
+    return 0
+
+
 class _Progress:
     """A one-line progress bar on stderr (stdout stays clean for --json)."""
 
@@ -471,6 +489,11 @@ def build_parser():
     p.add_argument("--width-multiplier", type=float, default=1.0, help="channel width multiplier (default 1)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("presets", help="list the pretrained checkpoints: one handle each, with classes, clip "
+                                       "length, published Video@1 and whether it is converted here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("check-videos", help="scan a dataset for unreadable or too-short videos (exit 1 if any)")
     p.add_argument("spec", help="dataset spec, e.g. ucf101:/data/UCF101:split=1 or folder:/data/videos")

@@ -6,7 +6,8 @@ _EXPORTS = {
     **{name: "video_resnet" for name in ("BUILDERS", "FR2D", "MC2", "MC3", "MC4", "MC5", "R2D", "R3D", "RMC2",
                                          "RMC3", "RMC4", "RMC5", "R2Plus1D", "VideoResNet")},
     "fold_batchnorm": "fold",
-    "get_model": "registry", "list_models": "registry", "parse_model_name": "registry",
+    "from_preset": "registry", "get_model": "registry", "get_preset": "registry", "list_models": "registry",
+    "list_presets": "registry", "parse_model_name": "registry",
     "model_stats": "stats",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -57,11 +57,15 @@ def load_source(init, arch=None, depth=None):
 
     if is_preset(init):
         from keras_r21d.models.registry import get_model
-        from keras_r21d.weights.presets import class_names, find_preset
+        from keras_r21d.weights.presets import class_names, find_preset, get_preset, list_presets
 
+        if init in list_presets():  # a handle names its network
+            preset = get_preset(init)
+            arch, depth = preset.variant, preset.depth
+        else:
+            preset = find_preset(arch, depth, init)
         shape = None if arch == "r2d" else (None, None, None, 3)
         model = get_model(f"{arch}_{depth}", weights=init, **({"input_shape": shape} if shape else {}))
-        preset = find_preset(arch, depth, init)
         return model, f"preset {init!r} of {arch}_{depth}", class_names(preset.labels)
     if os.path.isdir(init):
         path = os.path.join(init, "model.keras")

@@ -54,6 +54,18 @@ class Preset:
     labels: str = None
     video_top1: float = None
 
+    @property
+    def handle(self):
+        """The preset's one name: `<variant>_<depth>.<name>_<frames>f`, e.g. `r2plus1d_34.ig65m_kinetics400_32f`."""
+        return f"{self.variant}_{self.depth}.{self.name}_{self.frames}f"
+
+    def metadata(self):
+        """What the checkpoint is: network, clip length, classes, preprocessing, the publisher's accuracy, source."""
+        return {"handle": self.handle, "model": f"{self.variant}_{self.depth}", "weights": self.name,
+                "frames": self.frames, "classes": self.classes, "labels": self.labels, "midplanes": self.midplanes,
+                "video_top1": self.video_top1, "preprocessing": dict(PREPROCESSING), "url": self.url,
+                "sha256": self.sha256}
+
     def clip_config(self, test_clips=10):
         """The `ClipConfig` this checkpoint expects (for `eval_dataset`, `export_saved_model`, ...)."""
         from keras_r21d.data.pipeline import ClipConfig
@@ -83,7 +95,21 @@ PRESETS = [
 
 
 def preset_names():
+    """The `weights=` names a builder takes (with its variant and depth; `list_presets()` names each checkpoint)."""
     return sorted({preset.name for preset in PRESETS})
+
+
+def list_presets(model=None):
+    """The preset handles, one per checkpoint (`r2plus1d_18.kinetics400_16f`, ...), of one `model` if given."""
+    return sorted(p.handle for p in PRESETS if model is None or f"{p.variant}_{p.depth}" == model)
+
+
+def get_preset(handle):
+    """The `Preset` of a handle from `list_presets()`; a `ValueError` listing them for any other string."""
+    for preset in PRESETS:
+        if preset.handle == handle:
+            return preset
+    raise ValueError(f"no preset {handle!r}. Available: {list_presets()}")
 
 
 def find_preset(variant, depth, name, frames=None):
@@ -154,10 +180,15 @@ def _reference_model(preset):
                      midplanes=preset.midplanes)
 
 
+def converted_weights_path(preset, folder=None):
+    """Where the preset's converted `.weights.h5` is (or will be) cached."""
+    return os.path.join(cache_dir(folder), f"{preset.variant}{preset.depth}_{preset.name}_{preset.frames}f-"
+                                           f"{preset.sha256[:8]}.weights.h5")
+
+
 def converted_weights(preset, folder=None):
     """The preset as a cached `.weights.h5` of its full model: downloaded and converted on first use."""
-    target = os.path.join(cache_dir(folder), f"{preset.variant}{preset.depth}_{preset.name}_{preset.frames}f-"
-                                             f"{preset.sha256[:8]}.weights.h5")
+    target = converted_weights_path(preset, folder)
     if os.path.isfile(target):
         return target
     checkpoint = download(preset.url, preset.sha256, folder)
