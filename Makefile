@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-8)
+HASH := $(shell cat setup.py Makefile | md5sum | cut -c1-8)
+STAMP := $(VENV)/.installed-$(HASH)
+# The demo needs the package and TensorFlow (the [cpu] extra) only.
+DEMO_STAMP := $(VENV)/.demo-$(HASH)
 
 .PHONY: setup sysdeps demo test test-fast lint bench clean
 
@@ -16,12 +19,18 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py Makefile | md5sum | cut -c1-8)
 $(STAMP): setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,tune]"
+	$(PY) -m pip install --quiet -e ".[cpu,test,tune]"
 	$(PY) -m pip install --quiet --no-deps "tensorflow-serving-api==2.21.0"
 	if [ "$$(uname -m)" = x86_64 ]; then $(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"; fi
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+$(DEMO_STAMP): setup.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[cpu]"
+	touch $(DEMO_STAMP)
 
 # Debian's ffmpeg writes the H.264 and odd-size test videos. Installed when
 # this machine can (root with apt-get); otherwise those tests skip and say why.
@@ -33,7 +42,7 @@ sysdeps:
 	  else echo "warning: ffmpeg not found and cannot be installed here; H.264 tests will be skipped"; fi; }
 
 # DEMO_ARGS shortens it (the suite runs `examples/demo.py --epochs 1 --videos-per-class 6`).
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) examples/demo.py $(DEMO_ARGS)
 
 lint: $(STAMP)

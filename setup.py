@@ -15,17 +15,25 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["keras_r21d", "keras_r21d.*"]),
     package_data={"keras_r21d.weights": ["*.txt"]},
+    # The Keras convention: the package installs no backend; an extra chooses one. TensorFlow is what the input
+    # pipeline, training, export and serving run on (a tested range: 2.21.x); the models and layers alone run on
+    # JAX and PyTorch too. Pick one of [cpu] and [gpu]: tensorflow-cpu and tensorflow must not be installed together.
     install_requires=[
-        "tensorflow-cpu==2.21.0; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
-        "tensorflow==2.21.0; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
         "keras>=3.15,<4",
         "numpy",
         "opencv-python-headless>=4.8",
         "matplotlib",
-        "tensorboard",
-        "ai-edge-litert>=2.1",
     ],
     extras_require={
+        "cpu": [
+            "tensorflow-cpu>=2.21,<2.22; platform_machine == 'x86_64' or platform_machine == 'AMD64'",
+            "tensorflow>=2.21,<2.22; platform_machine != 'x86_64' and platform_machine != 'AMD64'",
+            "tensorboard",
+            "ai-edge-litert>=2.1",
+        ],
+        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22", "tensorboard", "ai-edge-litert>=2.1"],
+        "jax": ["jax"],
+        "torch": ["torch>=2.1"],
         # jax: the core is tested on the JAX backend too (tests/test_backends.py; torch comes from the Makefile).
         "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hypothesis>=6.100", "jax"],
         # [bayesian] brings scipy and scikit-learn, which keras-tuner's BayesianOptimization needs.

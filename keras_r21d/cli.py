@@ -697,10 +697,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     _quiet_start(args.verbose)
     _one_line_warnings(args.command)
-    try:
-        from keras_r21d.export.saved_model import ExportError
-        from keras_r21d.training.callbacks import ResumeError
+    from keras_r21d.errors import ExportError, ResumeError
 
+    try:
         return args.func(args)
     except KeyboardInterrupt as interrupt:
         # Training says after which epoch and how to resume; anything else was simply stopped. The process ends

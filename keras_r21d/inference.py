@@ -14,8 +14,8 @@ import dataclasses
 import os
 
 import numpy as np
-import tensorflow as tf
 
+from keras_r21d._tensorflow import tf
 from keras_r21d.data import transforms
 from keras_r21d.data.pipeline import ClipConfig, read_test_clips
 from keras_r21d.data.video import MAX_DECODE_PIXELS

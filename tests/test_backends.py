@@ -110,3 +110,9 @@ def test_every_variant_on_another_backend_without_tensorflow(fixtures, without_t
         np.testing.assert_allclose(np.asarray(moved(arrays["clips"], training=False)), facts["saved_outputs"],
                                    atol=1e-4, err_msg=variant)
     assert found["preset_diff"] <= 1e-4  # R2Plus1D(10, weights="kinetics400") from the local cache
+    # The input pipeline (and training, export, serving) say what to install, in one line.
+    assert "need TensorFlow, which is not installed here: pip install 'keras_r21d[cpu]'" in found["pipeline_error"]
+    assert found["cli_train"]["code"] == 2
+    lines = found["cli_train"]["stderr"].splitlines()
+    assert len(lines) == 1 and lines[0].startswith("keras-r21d train: error: keras_r21d's input pipeline"), lines
+    assert found["cli_models"] == {"code": 0, "rows": 12} and found["cli_presets"]["code"] == 0

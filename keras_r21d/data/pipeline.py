@@ -12,8 +12,8 @@ import logging
 import threading
 
 import numpy as np
-import tensorflow as tf
 
+from keras_r21d._tensorflow import tf
 from keras_r21d.data import sampling, transforms
 from keras_r21d.data.video import MAX_DECODE_PIXELS, VideoDecodeError, decode_clip, run_with_timeout
 

@@ -5,7 +5,7 @@ runs exactly this code in its graph; the input pipeline calls the same
 functions eagerly. Index `-1` stands for a padding (black) frame.
 """
 
-import tensorflow as tf
+from keras_r21d._tensorflow import tf
 
 SHORT_VIDEO_POLICIES = ("loop", "repeat_last", "pad", "skip")
 

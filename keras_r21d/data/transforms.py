@@ -4,8 +4,7 @@ Shared by the input pipeline and the exported serving graph, so that a served
 model sees exactly what the evaluator sees.
 """
 
-import tensorflow as tf
-
+from keras_r21d._tensorflow import tf
 from keras_r21d.data.defaults import CROP, MEAN, RESIZE, STD, resize_for_crop  # noqa: F401 - transforms' names
 
 

@@ -8,8 +8,8 @@ video-level answer for the same frames.
 """
 
 import keras
-import tensorflow as tf
 
+from keras_r21d._tensorflow import tf
 from keras_r21d.data import sampling, transforms
 
 # Largest video `classify_video` accepts by default: frames x height x width

@@ -24,8 +24,9 @@ import tempfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_r21d._tensorflow import tf
+from keras_r21d.errors import ExportError  # noqa: F401 - raised here, exported from here too
 from keras_r21d.export import graph
 from keras_r21d.training.io import TMP_PREFIX
 
@@ -33,10 +34,6 @@ SIGNATURES = ("serving_default", "classify_video", "extract_features")
 CLASS_NAMES_FILE = "class_names.txt"
 WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "keras_r21d.json"
-
-
-class ExportError(RuntimeError):
-    """An export that failed its parity check or could not be written."""
 
 
 def check_class_names(class_names, num_classes):

@@ -14,8 +14,8 @@ import tempfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_r21d._tensorflow import tf
 from keras_r21d.export import graph
 from keras_r21d.export.saved_model import ExportError, _config_dict, check_class_names, check_clip_shape
 from keras_r21d.training.io import atomic_write_bytes, atomic_write_text

@@ -198,8 +198,8 @@ class Client:
 
     def _grpc(self, signature, key, value):
         import grpc
-        import tensorflow as tf
 
+        from keras_r21d._tensorflow import tf
         from keras_r21d.serving import protos
 
         request = protos.PredictRequest()
@@ -234,8 +234,7 @@ class Client:
 
 
 def _resize_frames(frames, size):
-    import tensorflow as tf
-
+    from keras_r21d._tensorflow import tf
     from keras_r21d.data import transforms
 
     resized = transforms.resize_frames(frames, tuple(size))

@@ -8,14 +8,11 @@ import shutil
 
 import keras
 
+from keras_r21d.errors import ResumeError  # noqa: F401 - raised here, exported from here too
 from keras_r21d.training.evaluation import compute_metrics, predict_clips
 from keras_r21d.training.io import TMP_PREFIX, atomic_save_model, atomic_write_text
 
 STATE_FILE = "state.json"
-
-
-class ResumeError(RuntimeError):
-    """A run cannot be resumed (missing or corrupt checkpoint); the message says which file."""
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):

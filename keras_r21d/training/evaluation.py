@@ -4,8 +4,8 @@ import json
 import os
 
 import numpy as np
-import tensorflow as tf
 
+from keras_r21d._tensorflow import tf
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset
 from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.training.io import atomic_write_text

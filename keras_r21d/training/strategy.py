@@ -3,7 +3,7 @@
 import json
 import os
 
-import tensorflow as tf
+from keras_r21d._tensorflow import tf
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "one_device")
 

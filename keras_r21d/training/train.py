@@ -14,8 +14,8 @@ import time
 import warnings
 
 import keras
-import tensorflow as tf
 
+from keras_r21d._tensorflow import tf
 from keras_r21d.classes import align_to_model
 from keras_r21d.data.datasets import load_dataset, split_description
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, train_dataset

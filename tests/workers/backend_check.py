@@ -61,6 +61,25 @@ if __name__ == "__main__":
     pretrained = keras_r21d.R2Plus1D(10, weights="kinetics400", input_shape=(4, 32, 32, 3))
     results["preset_diff"] = float(np.abs(keras.ops.convert_to_numpy(pretrained(clips, training=False))
                                           - arrays["preset_outputs"]).max())
+    # What needs TensorFlow says so, in one line naming the extra to install.
+    try:
+        import keras_r21d.data.pipeline  # noqa: F401
+        results["pipeline_error"] = None
+    except ImportError as error:
+        results["pipeline_error"] = str(error)
+    import contextlib
+    import io
+
+    from keras_r21d.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "--data", f"folder:{fixtures}", "--out", os.path.join(os.path.dirname(out_path), "run")])
+    results["cli_train"] = {"code": code, "stderr": err.getvalue()}
+    for command in (["models", "--depth", "10", "--json"], ["presets", "--json"]):  # these need no TensorFlow
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            results[f"cli_{command[0]}"] = {"code": main(command), "rows": len(json.loads(out.getvalue()))}
     results["tensorflow_modules"] = sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow")
     results["tensorflow_findable"] = importlib.util.find_spec("tensorflow") is not None
     with open(out_path, "w") as f:
