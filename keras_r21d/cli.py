@@ -373,6 +373,7 @@ def cmd_convert(args):
     import re
 
     from keras_r21d.models.registry import get_model, parse_model_name
+    from keras_r21d.models.specs import clip_input_shape
     from keras_r21d.training.io import atomic_save_model, atomic_write_text
     from keras_r21d.weights import PREPROCESSING, class_names, convert_state_dict, load_torch_checkpoint
     from keras_r21d.weights.presets import sha256_of
@@ -389,7 +390,7 @@ def cmd_convert(args):
     midplanes = "torchvision" if args.source == "torchvision" else "paper"
     clip = re.search(r"clip(\d+)", os.path.basename(args.checkpoint))
     frames = args.frames or (int(clip.group(1)) if clip else 16)
-    shape = (frames, 112, 112, 3) if variant == "r2d" else (None, None, None, 3)
+    shape = clip_input_shape(frames, variant)
     model = get_model(args.arch, input_shape=shape, classes=classes, midplanes=midplanes)
     convert_state_dict(state, model, args.checkpoint)
     atomic_save_model(model, args.out)

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from keras_r21d.models.specs import VARIANTS
+from keras_r21d.models.specs import VARIANTS, stem_spans_clip
 
 STUDY_VARIANTS = tuple(VARIANTS)  # the paper's Table 2 order
 SYNTHETIC_TWINS = "synthetic"  # classes 2k and 2k+1 are each other's time reversal
@@ -532,7 +532,7 @@ def _summary_markdown(config, table, findings, twins, chance, test_set, command,
         f"printed by `keras-r21d models --depth {config.depth} --frames F --size {config.size} "
         f"--classes {test_set.num_classes} --width-multiplier {config.width_multiplier:g}`.",
     ]
-    if "r2d" in config.variants and len(config.frames) > 1:
+    if any(stem_spans_clip(variant) for variant in config.variants) and len(config.frames) > 1:
         lines.append("R2D's first layer sees the whole clip, so its parameters grow with the clip length (shown as "
                      + " / ".join(f"{f}f" for f in config.frames) + " values).")
     if twins:

@@ -252,3 +252,20 @@ def test_named_builders_are_documented():
         builder = getattr(keras_r21d, name)
         assert builder.__name__ == name
         assert "Tran et al." in builder.__doc__
+
+
+def test_the_fixed_clip_length_rule_lives_in_one_place():
+    """Only a stem over the whole clip (R2D's) fixes the clip length; train, fine-tuning, the tuner, the converter
+    and the study ask `specs.stem_spans_clip` / `clip_input_shape`."""
+    from keras_r21d.models.specs import clip_input_shape, stem_spans_clip
+
+    assert [v for v in VARIANTS if stem_spans_clip(v)] == ["r2d"]
+    assert stem_spans_clip(stem_type="clip") and not stem_spans_clip("r2d", stem_type="3d")
+    assert clip_input_shape(8, "r2d") == (8, None, None, 3) and clip_input_shape(8, "mc3") == (None, None, None, 3)
+    from keras_r21d.training import TrainConfig
+
+    assert TrainConfig(data="x", arch="r2d", frames=6).input_shape() == (6, None, None, 3)
+    assert TrainConfig(data="x", arch="r3d", frames=6, stem_type="clip",
+                       stage_conv_types=("3d",) * 4).input_shape() == (6, None, None, 3)
+    with pytest.raises(ValueError, match="R2D's stem spans the whole clip"):
+        keras_r21d.R2D(10, input_shape=(None, 32, 32, 3))

@@ -15,6 +15,7 @@ from keras_r21d.models.specs import (
     STEM_2PLUS1D_MIDPLANES,
     STEM_WIDTH,
     VARIANTS,
+    stem_spans_clip,
 )
 
 STEM_TYPES = ("clip", "2d", "3d", "2plus1d")
@@ -64,7 +65,7 @@ def _resolve_input(input_shape, input_tensor, stem_type):
             "`input_shape` must be (frames, height, width, 3), channels last. "
             f"Received: input_shape={input_shape!r}"
         )
-    if stem_type == "clip" and input_shape[0] is None:
+    if stem_spans_clip(stem_type=stem_type) and input_shape[0] is None:
         raise ValueError(
             "R2D's stem spans the whole clip (its frames are stacked as 3L channels), so its clip length "
             "must be fixed at build time: pass e.g. input_shape=(16, 112, 112, 3). "

@@ -12,6 +12,7 @@ import re
 import keras
 
 from keras_r21d.classes import same_classes
+from keras_r21d.models.specs import stem_spans_clip
 
 # Stages in network order: the stem, the four residual stages, the head.
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5", "head")
@@ -64,7 +65,7 @@ def load_source(init, arch=None, depth=None):
             arch, depth = preset.variant, preset.depth
         else:
             preset = find_preset(arch, depth, init)
-        shape = None if arch == "r2d" else (None, None, None, 3)
+        shape = None if stem_spans_clip(arch) else (None, None, None, 3)  # R2D: the preset's clip length
         model = get_model(f"{arch}_{depth}", weights=init, **({"input_shape": shape} if shape else {}))
         return model, f"preset {init!r} of {arch}_{depth}", class_names(preset.labels)
     if os.path.isdir(init):

@@ -21,7 +21,7 @@ from keras_r21d.data.datasets import load_dataset, split_description
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, train_dataset
 from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.models.registry import get_model
-from keras_r21d.models.specs import VARIANTS
+from keras_r21d.models.specs import VARIANTS, clip_input_shape
 from keras_r21d.models.video_resnet import VideoResNet
 from keras_r21d.training.callbacks import (
     STATE_FILE,
@@ -142,9 +142,7 @@ class TrainConfig:
                           flip=self.flip, test_clips=test_clips or self.test_clips)
 
     def input_shape(self):
-        # R2D's stem needs the clip length; every other variant takes any length and size.
-        whole_clip = self.stem_type == "clip" if self.stem_type else self.arch == "r2d"
-        return (self.frames, None, None, 3) if whole_clip else (None, None, None, 3)
+        return clip_input_shape(self.frames, self.arch, self.stem_type)
 
 
 def versions():

@@ -5,7 +5,7 @@ import dataclasses
 import keras_tuner as kt
 
 from keras_r21d.layers.blocks import CONV_TYPES
-from keras_r21d.models.specs import DEPTHS, VARIANTS
+from keras_r21d.models.specs import DEPTHS, VARIANTS, clip_input_shape
 
 STEM_TYPES = ("2d", "3d", "2plus1d")
 # Hyperparameters a search may fix (the train command's flags).
@@ -111,7 +111,7 @@ class VideoHyperModel(kt.HyperModel):
 
         values = self.space.declare(hp)
         stem, stages = network(values)
-        shape = (values["frames"] if stem == "clip" else None, None, None, 3)
+        shape = clip_input_shape(values["frames"], stem_type=stem)
         model = VideoResNet(values["depth"], stem, stages, classes=self.num_classes, input_shape=shape,
                             width_multiplier=values["width_multiplier"])
         optimizer = make_optimizer(values["lr"], self.steps_per_epoch, self.epochs, values["warmup_epochs"],
