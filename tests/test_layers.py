@@ -177,3 +177,18 @@ def test_torchvision_midplanes_is_per_block():
 def test_block_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BasicBlock(8, **kwargs)
+
+
+def test_every_entry_point_checks_the_lowering_the_same_way():
+    import keras_r21d
+    from keras_r21d.export.graph import with_implementation
+
+    message = r"`implementation` must be one of \('auto', 'conv2d', 'conv3d'\). Received: implementation='conv4d'"
+    model = keras_r21d.R2Plus1D(10, input_shape=(4, 32, 32, 3), classes=3, width_multiplier=0.125)
+    for build in (lambda: VideoConv(4, implementation="conv4d"),
+                  lambda: Conv2Plus1D(4, implementation="conv4d"),
+                  lambda: BasicBlock(4, implementation="conv4d"),
+                  lambda: keras_r21d.R3D(10, implementation="conv4d"),
+                  lambda: with_implementation(model, "conv4d")):
+        with pytest.raises(ValueError, match=message):
+            build()

@@ -105,10 +105,9 @@ def with_implementation(model, implementation):
     `"conv2d"` gives a graph without 5-D convolutions (for TFLite's XNNPACK
     and GPU delegates and int8); `"conv3d"` one with them.
     """
-    from keras_r21d.layers.video_conv import IMPLEMENTATIONS
+    from keras_r21d.layers.video_conv import check_implementation
 
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}. Received: {implementation!r}")
+    check_implementation(implementation)
 
     def clone(layer):
         config = layer.get_config()

@@ -4,7 +4,7 @@ import keras
 
 from keras_r21d.layers.conv2plus1d import Conv2Plus1D
 from keras_r21d.layers.utils import freeze_built_sublayers, paper_midplanes
-from keras_r21d.layers.video_conv import IMPLEMENTATIONS, VideoConv
+from keras_r21d.layers.video_conv import VideoConv, check_implementation
 
 CONV_TYPES = ("3d", "2d", "2plus1d")
 MIDPLANES = ("paper", "torchvision")
@@ -20,10 +20,7 @@ def _check(conv_type, midplanes, implementation, stride):
         raise ValueError(f"`conv_type` must be one of {CONV_TYPES}. Received: conv_type={conv_type!r}")
     if midplanes not in MIDPLANES:
         raise ValueError(f"`midplanes` must be one of {MIDPLANES}. Received: midplanes={midplanes!r}")
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"`implementation` must be one of {IMPLEMENTATIONS}. Received: implementation={implementation!r}"
-        )
+    check_implementation(implementation)
     if stride not in (1, 2):
         raise ValueError(f"`stride` must be 1 or 2. Received: stride={stride!r}")
 

@@ -3,7 +3,7 @@
 import keras
 
 from keras_r21d.layers.utils import conv_output_length, freeze_built_sublayers, normalize_triple, paper_midplanes
-from keras_r21d.layers.video_conv import IMPLEMENTATIONS, VideoConv
+from keras_r21d.layers.video_conv import VideoConv, check_implementation
 
 
 @keras.saving.register_keras_serializable(package="keras_r21d")
@@ -73,10 +73,7 @@ class Conv2Plus1D(keras.layers.Layer):
         super().__init__(**kwargs)
         if midplanes is not None and int(midplanes) <= 0:
             raise ValueError(f"`midplanes` must be a positive integer or None. Received: midplanes={midplanes}")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"`implementation` must be one of {IMPLEMENTATIONS}. Received: implementation={implementation!r}"
-            )
+        check_implementation(implementation)
         self.filters = int(filters)
         self.kernel_size = normalize_triple(kernel_size, "kernel_size")
         self.strides = normalize_triple(strides, "strides")

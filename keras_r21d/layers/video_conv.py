@@ -8,6 +8,14 @@ from keras_r21d.layers.utils import conv_output_length, normalize_triple
 IMPLEMENTATIONS = ("auto", "conv2d", "conv3d")
 
 
+def check_implementation(implementation):
+    """Raises a `ValueError` naming the choices unless `implementation` is one of `IMPLEMENTATIONS`."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"`implementation` must be one of {IMPLEMENTATIONS}. Received: implementation={implementation!r}"
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_r21d")
 class VideoConv(keras.layers.Layer):
     """A 3D convolution over channels-last clips, lowered to 2D where possible.
@@ -76,11 +84,7 @@ class VideoConv(keras.layers.Layer):
         super().__init__(**kwargs)
         if int(filters) <= 0:
             raise ValueError(f"`filters` must be a positive integer. Received: filters={filters}")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"`implementation` must be one of {IMPLEMENTATIONS}. "
-                f"Received: implementation={implementation!r}"
-            )
+        check_implementation(implementation)
         self.filters = int(filters)
         self.kernel_size = normalize_triple(kernel_size, "kernel_size")
         self.strides = normalize_triple(strides, "strides")

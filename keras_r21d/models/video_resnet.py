@@ -5,7 +5,7 @@ import os
 import keras
 
 from keras_r21d.layers.blocks import CONV_TYPES, MIDPLANES, BasicBlock, BottleneckBlock
-from keras_r21d.layers.video_conv import IMPLEMENTATIONS, VideoConv
+from keras_r21d.layers.video_conv import VideoConv, check_implementation
 from keras_r21d.models.specs import (
     BN_EPSILON,
     BN_MOMENTUM,
@@ -39,10 +39,7 @@ def _check_args(depth, stem_type, stage_conv_types, midplanes, implementation, i
         )
     if midplanes not in MIDPLANES:
         raise ValueError(f"`midplanes` must be one of {MIDPLANES}. Received: midplanes={midplanes!r}")
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"`implementation` must be one of {IMPLEMENTATIONS}. Received: implementation={implementation!r}"
-        )
+    check_implementation(implementation)
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
     if include_top and (not isinstance(classes, int) or classes < 1):
