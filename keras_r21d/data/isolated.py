@@ -33,7 +33,7 @@ class IsolatedDecoder:
 
     Example:
 
-    >>> with IsolatedDecoder(timeout=30) as decoder:
+    >>> with IsolatedDecoder(timeout=30) as decoder:  # doctest: +SKIP
     ...     decoder.decode("video.mp4")
     {'ok': True, 'frames': 120, 'reason': None, 'rss_kb': 61234, 'peak_rss_kb': 63012}
     """

@@ -239,7 +239,7 @@ class BasicBlock(_ResidualBlock):
     Example:
 
     >>> block = BasicBlock(128, conv_type="2plus1d", stride=2)
-    >>> block(keras.ops.zeros((1, 8, 56, 56, 64))).shape
+    >>> tuple(block(keras.ops.zeros((1, 8, 56, 56, 64))).shape)
     (1, 4, 28, 28, 128)
 
     Reference:
@@ -293,7 +293,7 @@ class BottleneckBlock(_ResidualBlock):
     Example:
 
     >>> block = BottleneckBlock(64, conv_type="2d")
-    >>> block(keras.ops.zeros((1, 4, 28, 28, 64))).shape
+    >>> tuple(block(keras.ops.zeros((1, 4, 28, 28, 64))).shape)
     (1, 4, 28, 28, 256)
 
     Reference:

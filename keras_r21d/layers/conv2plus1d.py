@@ -44,7 +44,7 @@ class Conv2Plus1D(keras.layers.Layer):
     Example:
 
     >>> layer = Conv2Plus1D(128, strides=2)
-    >>> layer(keras.ops.zeros((1, 8, 56, 56, 64))).shape
+    >>> tuple(layer(keras.ops.zeros((1, 8, 56, 56, 64))).shape)
     (1, 4, 28, 28, 128)
     >>> layer.midplanes_
     230

@@ -60,7 +60,7 @@ class VideoConv(keras.layers.Layer):
     Example:
 
     >>> layer = VideoConv(64, (3, 7, 7), strides=(1, 2, 2))
-    >>> layer(keras.ops.zeros((1, 8, 112, 112, 3))).shape
+    >>> tuple(layer(keras.ops.zeros((1, 8, 112, 112, 3))).shape)
     (1, 8, 56, 56, 64)
 
     Reference:

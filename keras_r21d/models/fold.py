@@ -104,8 +104,10 @@ def fold_batchnorm(model):
 
     Example:
 
+    >>> model = keras_r21d.R2Plus1D(10, input_shape=(8, 64, 64, 3), classes=5, width_multiplier=0.25)
+    >>> clips = np.random.default_rng(0).normal(size=(2, 8, 64, 64, 3)).astype("float32")
     >>> folded = keras_r21d.fold_batchnorm(model)
-    >>> np.allclose(folded(clips), model(clips, training=False), atol=1e-4)
+    >>> bool(np.allclose(folded(clips), model(clips, training=False), atol=1e-4))
     True
     """
     if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):

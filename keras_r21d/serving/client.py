@@ -2,7 +2,7 @@
 
 >>> client = Client("http://localhost:8501", model_name="r21d")     # REST
 >>> client = Client("localhost:8500", model_name="r21d")            # gRPC
->>> client.classify_video(frames)["top_k_classes"]
+>>> client.classify_video(frames)["top_k_classes"]  # doctest: +SKIP
 
 Requests go to the export's signatures (`serving_default`,
 `classify_video`, `extract_features`). Every call has a timeout; an

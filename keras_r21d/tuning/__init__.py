@@ -1,7 +1,8 @@
 """Architecture and recipe search with keras-tuner: variant or per-stage conv types, depth, clip length, width.
 
 >>> from keras_r21d.tuning import SearchSpace, tune
->>> rows = tune("ucf101:/data/UCF101", "search/", SearchSpace(variants=("r3d", "r2plus1d")), max_trials=8)
+>>> rows = tune("ucf101:/data/UCF101", "search/", SearchSpace(variants=("r3d", "r2plus1d")),
+...             max_trials=8)  # doctest: +SKIP
 
 Distributed (keras-tuner's chief/worker mode): start one chief and any number
 of workers with the same arguments and `KERASTUNER_TUNER_ID` (`chief`,
