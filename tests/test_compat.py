@@ -51,3 +51,41 @@ def test_old_run_resumes(old_run):
     assert any((a != b).any() for a, b in zip(before, result["model"].get_weights()))  # it trained on
     rows = (old_run / "run" / "history.csv").read_text().splitlines()[1:]
     assert [int(row.split(",")[0]) for row in rows] == [0, 1]
+
+
+MODELS = os.path.join(HERE, "models")
+MODEL_FILES = sorted(name[:-6] for name in os.listdir(MODELS) if name.endswith(".keras"))
+
+
+def test_the_model_files_are_all_there():
+    assert MODEL_FILES == ["fr2d", "mc3", "r2d", "r2plus1d", "r2plus1d_50", "r2plus1d_finetuned_head",
+                           "r2plus1d_torchvision", "r3d", "rmc3"]
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_old_model_files_give_their_recorded_outputs(name):
+    """Models written by 0.1.0 (non-trivial BatchNorm statistics; a bottleneck depth, torchvision's reading, a
+    fine-tuned head) load with plain Keras and give the outputs 0.1.0 recorded, folded too."""
+    import keras
+    import numpy as np
+
+    import keras_r21d
+
+    recorded = np.load(os.path.join(MODELS, "outputs.npz"))
+    model = keras.models.load_model(os.path.join(MODELS, f"{name}.keras"), safe_mode=True)
+    outputs = np.asarray(model(recorded["clips"], training=False))
+    np.testing.assert_allclose(outputs, recorded[name], atol=1e-6)
+    folded = keras_r21d.fold_batchnorm(model)
+    np.testing.assert_allclose(np.asarray(folded(recorded["clips"], training=False)), recorded[name], atol=1e-4)
+
+
+def test_an_old_fine_tuned_model_is_a_source_for_fine_tuning(tmp_path):
+    from keras_r21d.training.finetune import init_model, load_source
+
+    source, description, names = load_source(os.path.join(MODELS, "r2plus1d_finetuned_head.keras"))
+    assert names is None and source.output_shape == (None, 3)  # 0.1.0 wrote no class names beside a bare model
+    model, kept = init_model(source, 3, 8, description)
+    assert kept and model.input_shape == (None, None, None, None, 3)
+    for layer in source.layers:
+        for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights()):
+            assert (a == b).all(), layer.name
