@@ -110,6 +110,8 @@ def test_every_variant_on_another_backend_without_tensorflow(fixtures, without_t
         np.testing.assert_allclose(np.asarray(moved(arrays["clips"], training=False)), facts["saved_outputs"],
                                    atol=1e-4, err_msg=variant)
     assert found["preset_diff"] <= 1e-4  # R2Plus1D(10, weights="kinetics400") from the local cache
+    # The .keras files 0.1.0 wrote (tests/data/v0_1_0/models) give 0.1.0's outputs on this backend.
+    assert len(found["old_files"]) == 9 and max(found["old_files"].values()) <= 1e-4, found["old_files"]
     # The input pipeline (and training, export, serving) say what to install, in one line.
     assert "need TensorFlow, which is not installed here: pip install 'keras_r21d[cpu]'" in found["pipeline_error"]
     assert found["cli_train"]["code"] == 2

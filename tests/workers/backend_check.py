@@ -61,6 +61,14 @@ if __name__ == "__main__":
     pretrained = keras_r21d.R2Plus1D(10, weights="kinetics400", input_shape=(4, 32, 32, 3))
     results["preset_diff"] = float(np.abs(keras.ops.convert_to_numpy(pretrained(clips, training=False))
                                           - arrays["preset_outputs"]).max())
+    # Model files written by 0.1.0 (on TensorFlow) give their recorded outputs here too.
+    old = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "v0_1_0", "models")
+    recorded = np.load(os.path.join(old, "outputs.npz"))
+    results["old_files"] = {}
+    for name in sorted(n[:-6] for n in os.listdir(old) if n.endswith(".keras")):
+        model = keras.models.load_model(os.path.join(old, f"{name}.keras"), safe_mode=True)
+        got = keras.ops.convert_to_numpy(model(recorded["clips"], training=False))
+        results["old_files"][name] = float(np.abs(got - recorded[name]).max())
     # What needs TensorFlow says so, in one line naming the extra to install.
     try:
         import keras_r21d.data.pipeline  # noqa: F401
