@@ -201,7 +201,7 @@ def test_a_frame_above_8192x8192_is_refused(tmp_path):
         decode_clip(path, lambda n, fps: [0], size=(112, 112))
 
 
-# The codec table the README documents: what decodes with opencv-python-headless's FFmpeg, and how what does
+# The codec table docs/data.md documents: what decodes with opencv-python-headless's FFmpeg, and how what does
 # not is reported. (name, ffmpeg output options, file name, expected decoded (height, width) or None).
 CODECS = [
     ("H.264", ["-c:v", "libx264", "-pix_fmt", "yuv420p"], "h264.mp4", (64, 96)),
