@@ -41,6 +41,10 @@ VARIANTS = {
 
 DEFAULT_INPUT_SHAPE = (16, 112, 112, 3)
 
+# BatchNorm epsilon per reading: VMZ (the paper's code) and torchvision.
+BN_EPSILON = {"paper": 1e-3, "torchvision": 1e-5}
+BN_MOMENTUM = 0.9
+
 
 def stem_spans_clip(variant=None, stem_type=None):
     """Whether a network's stem convolves the whole clip at once (R2D's `L x 7 x 7`, stem type `"clip"`).
@@ -55,7 +59,3 @@ def clip_input_shape(frames, variant=None, stem_type=None):
     """The input shape for clips of `frames` frames: `(None, None, None, 3)`, or `(frames, None, None, 3)` when the
     stem spans the clip (R2D)."""
     return (frames if stem_spans_clip(variant, stem_type) else None, None, None, 3)
-
-# BatchNorm epsilon per reading: VMZ (the paper's code) and torchvision.
-BN_EPSILON = {"paper": 1e-3, "torchvision": 1e-5}
-BN_MOMENTUM = 0.9

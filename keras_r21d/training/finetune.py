@@ -39,8 +39,6 @@ def set_trainable(model, trainable_from):
     for layer in model.layers:
         trainable = STAGES.index(stage_of(layer.name)) >= first
         layer.trainable = trainable
-        for sublayer in layer._flatten_layers(include_self=False):  # also where Keras' setter passes nothing on
-            sublayer.trainable = trainable
         if not trainable and layer.weights:
             frozen.append(layer.name)
     return frozen
