@@ -56,13 +56,10 @@ def load_source(init, arch=None, depth=None):
 
     if is_preset(init):
         from keras_r21d.models.registry import get_model
-        from keras_r21d.weights.presets import class_names, find_preset, get_preset, list_presets
+        from keras_r21d.weights.presets import class_names, resolve_preset
 
-        if init in list_presets():  # a handle names its network
-            preset = get_preset(init)
-            arch, depth = preset.variant, preset.depth
-        else:
-            preset = find_preset(arch, depth, init)
+        preset = resolve_preset(init, arch, depth)
+        arch, depth = preset.variant, preset.depth  # a handle names its network
         shape = None if stem_spans_clip(arch) else (None, None, None, 3)  # R2D: the preset's clip length
         model = get_model(f"{arch}_{depth}", weights=init, **({"input_shape": shape} if shape else {}))
         return model, f"preset {init!r} of {arch}_{depth}", class_names(preset.labels)

@@ -15,6 +15,7 @@ from keras_r21d.weights.presets import (
     load_file,
     load_preset,
     preset_names,
+    resolve_preset,
 )
 
 
@@ -25,18 +26,15 @@ def is_preset(weights):
 
 def preset_for_builder(variant, depth, name, input_shape, input_tensor, include_top, classes, midplanes, kwargs):
     """Checks a named builder's arguments against a preset: `(preset, input_shape, classes, midplanes)`."""
-    if name in list_presets():  # a handle names one checkpoint, of one network
-        preset = get_preset(name)
-        if (preset.variant, preset.depth) != (variant, depth):
-            raise ValueError(f"preset {name!r} is a checkpoint of {preset.variant}_{preset.depth}, not of "
-                             f"{variant}_{depth}: build it with keras_r21d.from_preset({name!r})")
-    else:
-        frames = None
-        if input_shape is not None:
-            frames = input_shape[0]
-        elif input_tensor is not None and getattr(input_tensor, "shape", None) is not None:
-            frames = input_tensor.shape[1]
-        preset = find_preset(variant, depth, name, frames)
+    frames = None
+    if input_shape is not None:
+        frames = input_shape[0]
+    elif input_tensor is not None and getattr(input_tensor, "shape", None) is not None:
+        frames = input_tensor.shape[1]
+    preset = resolve_preset(name, variant, depth, frames)
+    if (preset.variant, preset.depth) != (variant, depth):  # a handle names one checkpoint, of one network
+        raise ValueError(f"preset {name!r} is a checkpoint of {preset.variant}_{preset.depth}, not of "
+                         f"{variant}_{depth}: build it with keras_r21d.from_preset({name!r})")
     label = f"{variant}_{depth} weights={name!r}"
     if kwargs.get("width_multiplier", 1.0) != 1.0:
         raise ValueError(f"{label} needs width_multiplier=1.0. Received: {kwargs['width_multiplier']}")
@@ -64,5 +62,5 @@ __all__ = [
     "PREPROCESSING", "PRESETS", "ConversionError", "Preset", "cache_dir", "class_names", "convert_state_dict",
     "converted_weights", "download", "find_preset", "get_preset", "is_preset", "list_presets",
     "load_file", "load_preset", "load_torch_checkpoint",
-    "load_weights", "preset_for_builder", "preset_names", "torch_name",
+    "load_weights", "preset_for_builder", "preset_names", "resolve_preset", "torch_name",
 ]

@@ -104,6 +104,14 @@ def list_presets(model=None):
     return sorted(p.handle for p in PRESETS if model is None or f"{p.variant}_{p.depth}" == model)
 
 
+def resolve_preset(name, variant=None, depth=None, frames=None):
+    """The `Preset` a name means: a handle names its checkpoint; a `weights=` name needs `variant` and `depth`
+    (and picks by `frames` where there are several, `find_preset`)."""
+    if name in list_presets():
+        return get_preset(name)
+    return find_preset(variant, depth, name, frames)
+
+
 def get_preset(handle):
     """The `Preset` of a handle from `list_presets()`; a `ValueError` listing them for any other string."""
     for preset in PRESETS:
