@@ -18,6 +18,7 @@ import pytest
 
 import keras_r21d
 from keras_r21d.models.specs import VARIANTS
+from tests.test_case import with_batchnorm_statistics
 
 pytestmark = pytest.mark.slow  # a child process per backend building and training all 12 variants
 
@@ -34,12 +35,7 @@ def fixtures(tmp_path_factory):
     labels = np.array([1, 3])
     arrays, facts = {"clips": clips, "labels": labels}, {}
     for variant in VARIANTS:
-        model = keras_r21d.get_model(f"{variant}_{DEPTH}", **KWARGS)
-        for variable in model.non_trainable_weights:  # non-trivial BatchNorm statistics
-            if "moving_mean" in variable.path:
-                variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
-            elif "moving_variance" in variable.path:
-                variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+        model = with_batchnorm_statistics(keras_r21d.get_model(f"{variant}_{DEPTH}", **KWARGS), rng)
         model.save_weights(str(folder / f"{variant}.weights.h5"))
         model.save(str(folder / f"{variant}.keras"))
         arrays[f"{variant}_outputs"] = np.asarray(model(clips, training=False))

@@ -43,6 +43,17 @@ def read_until(process, text, timeout):
     raise AssertionError(f"{text!r} not printed within {timeout} s:\n{''.join(seen)[-3000:]}")
 
 
+def with_batchnorm_statistics(model, rng):
+    """Gives every BatchNorm random moving statistics, so that inference differs from training-mode
+    normalization (as in a trained model); returns the model."""
+    for variable in model.non_trainable_weights:
+        if "moving_mean" in variable.path:
+            variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
+        elif "moving_variance" in variable.path:
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
+    return model
+
+
 def random_clip(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 

@@ -20,7 +20,7 @@ from keras_r21d.export.tflite import interpreter, run_tflite
 from keras_r21d.serving.client import Client, ServingError, Unavailable
 from keras_r21d.training.evaluation import evaluate_model, video_predictions
 from tests.serving_standin import GrpcStandIn, RestStandIn
-from tests.test_case import free_port
+from tests.test_case import free_port, with_batchnorm_statistics
 from tests.videos import moving_frames, write_opencv
 
 CLASSES = ["walk", "run", "jump", "wave"]
@@ -29,17 +29,9 @@ CONFIG = ClipConfig(clip_len=8, frame_stride=2, test_clips=4, resize=(48, 64), c
 
 
 def _model(arch="r2plus1d", frames=None):
-    keras_r21d_model = keras_r21d.get_model(f"{arch}_10", input_shape=(frames, None, None, 3), classes=len(CLASSES),
-                                            width_multiplier=0.25)
-    # Non-trivial BatchNorm statistics, so that inference differs from training-mode normalization.
-    rng = np.random.default_rng(1)
-    for layer in keras_r21d_model.layers:
-        for variable in layer.non_trainable_weights:
-            if "moving_mean" in variable.path:
-                variable.assign(rng.normal(0, 0.1, variable.shape).astype("float32"))
-            elif "moving_variance" in variable.path:
-                variable.assign(rng.uniform(0.5, 1.5, variable.shape).astype("float32"))
-    return keras_r21d_model
+    model = keras_r21d.get_model(f"{arch}_10", input_shape=(frames, None, None, 3), classes=len(CLASSES),
+                                 width_multiplier=0.25)
+    return with_batchnorm_statistics(model, np.random.default_rng(1))
 
 
 def _clips(n, seed=0):
