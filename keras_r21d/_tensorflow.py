@@ -4,6 +4,10 @@ The layers, the builders, `model_stats`, `fold_batchnorm` and the presets
 run on every Keras backend and import no TensorFlow. The input pipeline,
 training, evaluation, inference, export and serving are TensorFlow programs
 (tf.data, tf.distribute, SavedModel, TFLite): they import it from here.
+
+Under another Keras backend (JAX, torch) TensorFlow only feeds the model
+(tf.data) and is kept off the GPUs, which belong to that backend: a
+TensorFlow that saw them would reserve their memory.
 """
 
 MESSAGE = ("keras_r21d's input pipeline, training, evaluation, prediction, export and serving need TensorFlow, "
@@ -14,3 +18,16 @@ try:
     import tensorflow as tf  # noqa: F401 - the name the importers use
 except ImportError as error:
     raise ImportError(f"{MESSAGE} ({error})") from None
+
+
+def _keep_off_gpus():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow's devices were already initialized by the caller: theirs to choose
+            pass
+
+
+_keep_off_gpus()

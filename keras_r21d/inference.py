@@ -19,6 +19,7 @@ from keras_r21d._tensorflow import tf
 from keras_r21d.data import transforms
 from keras_r21d.data.pipeline import ClipConfig, read_test_clips
 from keras_r21d.data.video import MAX_DECODE_PIXELS
+from keras_r21d.training.backend import model_function
 
 
 def _clip_config(values, clips=None):
@@ -114,7 +115,7 @@ class KerasPredictor(Predictor):
         super().__init__(path, config, names)
         model = folded(model)  # the same function, faster: BatchNorms folded into the convolutions
         self.model = model
-        self._probabilities = tf.function(probabilities_fn(model), reduce_retracing=True)
+        self._probabilities = model_function(probabilities_fn(model))
         self._features = None
         self._feature_model = feature_model
 
@@ -124,7 +125,7 @@ class KerasPredictor(Predictor):
     def clip_features(self, video):
         if self._features is None:
             features = self._feature_model(self.model)
-            self._features = tf.function(lambda c: features(c, training=False), reduce_retracing=True)
+            self._features = model_function(lambda c: features(c, training=False))
         return _batched(self._features, self._clips(video))
 
 

@@ -68,8 +68,8 @@ def probabilities_fn(model):
     softmax_done = outputs_probabilities(model)
 
     def probabilities(clips):
-        outputs = tf.cast(model(clips, training=False), tf.float32)
-        return outputs if softmax_done else tf.nn.softmax(outputs, axis=-1)
+        outputs = keras.ops.cast(model(clips, training=False), "float32")
+        return outputs if softmax_done else keras.ops.softmax(outputs, axis=-1)
 
     return probabilities
 

@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 
-from keras_r21d._tensorflow import tf
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset
 from keras_r21d.data.transforms import resize_for_crop
+from keras_r21d.training.backend import model_function
 from keras_r21d.training.io import atomic_write_text
 
 
@@ -25,7 +25,7 @@ def predict_clips(model, dataset, config=None, batch_size=8, bad_videos=None):
     Returns `(probabilities, labels, video_ids)`: one row per clip.
     """
     config = config or ClipConfig()
-    forward = tf.function(lambda clips: model(clips, training=False), reduce_retracing=True)
+    forward = model_function(lambda clips: model(clips, training=False))
     probabilities, labels, videos = [], [], []
     for clips, label, video in eval_dataset(dataset, batch_size, config, bad_videos=bad_videos):
         probabilities.append(_as_probabilities(forward(clips)))

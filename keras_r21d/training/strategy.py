@@ -4,6 +4,7 @@ import json
 import os
 
 from keras_r21d._tensorflow import tf
+from keras_r21d.training.backend import backend
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "one_device")
 
@@ -35,6 +36,11 @@ def make_strategy(name="auto", collective_timeout=300.0):
     """
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+    if backend() != "tensorflow":
+        if name not in ("auto", "default"):
+            raise ValueError(f"strategy={name!r} is a tf.distribute strategy, which trains TensorFlow models; "
+                             f"the Keras backend here is {backend()!r}: use strategy='auto' or 'default'")
+        return tf.distribute.get_strategy()  # a scope that changes nothing: the model is not TensorFlow's
     if name == "auto":
         if cluster_from_env()[0] is not None:
             name = "multiworker"

@@ -23,6 +23,7 @@ from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.models.registry import get_model
 from keras_r21d.models.specs import VARIANTS, clip_input_shape
 from keras_r21d.models.video_resnet import VideoResNet
+from keras_r21d.training.backend import backend, devices
 from keras_r21d.training.callbacks import (
     STATE_FILE,
     LearningRateLogger,
@@ -357,6 +358,7 @@ def train(config=None, callbacks=None, **kwargs):
         if chief:
             os.makedirs(run_dir, exist_ok=True)
             now = {"config": dataclasses.asdict(config), "versions": versions(), "status": "running",
+                   "backend": backend(), "devices": devices(),
                    "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
                    "batch_size": batch_size, "train_videos": len(train_set), "val_videos": len(val_set),
                    "split": split, "val_overlaps_train": overlap, **facts,
@@ -368,7 +370,8 @@ def train(config=None, callbacks=None, **kwargs):
                 for key in RESUMABLE_CHANGES:
                     if key in now["config"]:
                         record.setdefault("config", {})[key] = now["config"][key]
-                record.update({k: now[k] for k in ("versions", "status", "strategy", "replicas", "phases")})
+                record.update({k: now[k] for k in ("versions", "status", "backend", "devices", "strategy", "replicas",
+                                                   "phases")})
                 record.update({k: v for k, v in now.items() if k not in record})
                 record["resumed_from_epoch"] = initial_epoch
                 record.setdefault("resumes", []).append({"from_epoch": initial_epoch, "versions": now["versions"]})
