@@ -5,6 +5,9 @@ import json
 import os
 import sys
 
+# = keras_r21d.training.strategy.STRATEGIES, spelled here so that `--help` imports no TensorFlow (a test compares).
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "one_device", "data_parallel")
+
 MAX_PIXELS_HELP = ("refuse videos whose test-clip frames, at the size they are decoded at (the pre-crop size), "
                    "exceed N pixels (clip frames x height x width; default 2^30)")
 # Exit codes: 0 success, 1 some inputs failed (bad videos: predict, check-videos), 2 usage or input error,
@@ -550,8 +553,9 @@ def build_parser():
     p.add_argument("--frame-stride", type=POSITIVE, default=1, help="take every N-th frame")
     p.add_argument("--no-flip", action="store_true",
                    help="no horizontal flips (needed when left/right is the label, as in make-synthetic data)")
-    p.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker", "one_device"],
-                   default="auto")
+    p.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                   help="auto: MultiWorkerMirrored with TF_CONFIG, Mirrored with several GPUs; on JAX, data_parallel "
+                        "with several devices")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (for GPUs)")
     p.add_argument("--xla", action="store_true", help="jit_compile the train step (slower on CPUs)")
     p.add_argument("--implementation", choices=["auto", "conv2d", "conv3d"], default="auto",
@@ -668,7 +672,7 @@ def build_parser():
     g.add_argument("--test-clips", type=POSITIVE, default=10)
     g.add_argument("--val-data")
     g.add_argument("--max-train-videos", type=POSITIVE)
-    g.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker", "one_device"], default="auto")
+    g.add_argument("--strategy", choices=STRATEGIES, default="auto")
     g = p.add_argument_group("distributed (keras-tuner's chief/worker mode)")
     g.add_argument("--distributed", action="store_true",
                    help="run as the chief or a worker named by KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP/_PORT")

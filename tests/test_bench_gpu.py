@@ -7,14 +7,16 @@ import sys
 
 import pytest
 
+from tests.test_case import needs
+
 pytestmark = pytest.mark.slow  # two worker processes and XLA compiles: make test, not make test-fast
 
 TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "bench_gpu.py")
 
 
 def test_bench_gpu_tiny_runs_keras_on_jax_against_torchvision_without_tensorflow(tmp_path):
-    pytest.importorskip("jax")
-    pytest.importorskip("torchvision")
+    needs("jax")
+    needs("torchvision")
     out = tmp_path / "bench_gpu.json"
     result = subprocess.run(
         [sys.executable, TOOL, "--tiny", "--models", "r2plus1d_18", "--frameworks", "torchvision,keras-jax",
@@ -42,7 +44,7 @@ def test_bench_gpu_tiny_runs_keras_on_jax_against_torchvision_without_tensorflow
 
 
 def test_bench_gpu_reports_jobs_past_the_budget_as_not_measured(tmp_path):
-    pytest.importorskip("torchvision")
+    needs("torchvision")
     out = tmp_path / "bench_gpu.json"
     result = subprocess.run(
         [sys.executable, TOOL, "--tiny", "--models", "r3d_18", "--frameworks", "torchvision", "--dtypes", "fp32",

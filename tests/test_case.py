@@ -1,14 +1,27 @@
 """The shared test helper: every layer and model is checked the same way."""
 
+import importlib.util
 import os
 
 import keras
 import numpy as np
+import pytest
 
 # The demo's recipe: a small R(2+1)D on 4 motion classes (two time-reversed pairs) of real videos.
 MOTION_RECIPE = dict(arch="r2plus1d", depth=10, frames=8, size=48, resize_to=(48, 64), batch_size=16, epochs=15,
                      width_multiplier=0.25, lr=0.01, schedule="constant", weight_decay=0.0, nesterov=False,
                      frame_stride=2, flip=False, test_clips=5, val_freq=100, tensorboard=False)
+
+
+def needs(module):
+    """Skips the test unless `module` is installed, without importing it here.
+
+    `pytest.importorskip` would import it into the test process, which has
+    TensorFlow loaded: torch (and torchvision) crash there, and JAX is only
+    ever used in child processes.
+    """
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
 
 
 def free_port():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from keras_r21d.data import make_synthetic_dataset
+from tests.test_case import needs
 
 pytestmark = pytest.mark.slow  # subprocess trainings: make test, not make test-fast
 
@@ -18,8 +19,10 @@ TRAIN = ["--arch", "r2plus1d", "--depth", "10", "--frames", "4", "--size", "32",
          "--batch-size", "4", "--test-clips", "2", "--no-flip", "--no-tensorboard"]
 
 
-def _cli(args, backend="tensorflow", timeout=600):
+def _cli(args, backend="tensorflow", timeout=600, devices=None):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "CI": "1"}
+    if devices:  # XLA's host platform as that many devices
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run([sys.executable, "-m", "keras_r21d", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
@@ -31,7 +34,7 @@ def data(tmp_path_factory):
 
 
 def test_train_on_jax_resumes_and_tensorflow_evaluates_and_finetunes_the_run(data, tmp_path):
-    pytest.importorskip("jax")
+    needs("jax")
     run = tmp_path / "jax_run"
     first = _cli(["train", "--data", data, "--out", str(run), "--epochs", "2", *TRAIN], backend="jax")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -69,9 +72,53 @@ def test_train_on_jax_resumes_and_tensorflow_evaluates_and_finetunes_the_run(dat
 
 
 def test_a_tf_distribute_strategy_on_jax_is_refused_naming_the_backend(data, tmp_path):
-    pytest.importorskip("jax")
+    needs("jax")
     result = _cli(["train", "--data", data, "--out", str(tmp_path / "run"), "--epochs", "1", "--strategy",
                    "mirrored", *TRAIN], backend="jax", timeout=300)
     assert result.returncode != 0
     assert "strategy='mirrored' is a tf.distribute strategy" in result.stderr and "'jax'" in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _weights(path):
+    import keras
+
+    return {v.path: np.asarray(v) for v in keras.saving.load_model(path, compile=False).weights}
+
+
+def test_data_parallel_on_two_jax_devices_trains_what_one_device_trains(data, tmp_path):
+    """Two host devices (XLA's forced device count): the global batch of 4 splits 2 + 2; the gradients and the
+    BatchNorm batch statistics are the global batch's, so the weights, the validation loss and accuracy (computed
+    outside fit on every clip) and Video@1 equal one device's, up to float summation order."""
+    needs("jax")
+    runs = {}
+    for devices, strategy in ((1, "default"), (2, "auto")):
+        run = tmp_path / f"devices{devices}"
+        result = _cli(["train", "--data", data, "--out", str(run), "--epochs", "2", "--strategy", strategy, *TRAIN],
+                      backend="jax", devices=devices)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[devices] = run
+    one, two = (json.loads((runs[d] / "run.json").read_text()) for d in (1, 2))
+    assert (two["strategy"], two["replicas"], two["devices"]) == ("DataParallel", 2, ["cpu:0", "cpu:1"])
+    assert (one["replicas"], one["devices"]) == (1, ["cpu:0"]) and one["batch_size"] == two["batch_size"] == 4
+    first, second = _weights(str(runs[1] / "model.keras")), _weights(str(runs[2] / "model.keras"))
+    assert first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_allclose(second[name], first[name], rtol=1e-3, atol=1e-4, err_msg=name)
+    histories = []
+    for devices in (1, 2):
+        with open(runs[devices] / "history.csv") as f:
+            histories.append(list(csv.DictReader(f)))
+    for row_one, row_two in zip(*histories, strict=True):
+        for key in ("loss", "val_loss", "val_accuracy", "val_video_accuracy"):
+            assert float(row_two[key]) == pytest.approx(float(row_one[key]), rel=1e-3, abs=1e-4), key
+    assert two["results"]["video_top1"] == one["results"]["video_top1"]
+
+
+def test_data_parallel_refuses_a_batch_that_does_not_split_over_the_devices(data, tmp_path):
+    needs("jax")
+    assert TRAIN[-6:-4] == ["--batch-size", "4"]
+    result = _cli(["train", "--data", data, "--out", str(tmp_path / "run"), "--epochs", "1", *TRAIN[:-6],
+                   "--batch-size", "3", *TRAIN[-4:]], backend="jax", timeout=300, devices=2)
+    assert result.returncode != 0
+    assert "the global batch of 3 clips does not split evenly over the 2 devices" in result.stderr

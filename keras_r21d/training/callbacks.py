@@ -7,8 +7,10 @@ import os
 import shutil
 
 import keras
+import numpy as np
 
 from keras_r21d.errors import ResumeError  # noqa: F401 - raised here, exported from here too
+from keras_r21d.training.backend import model_function
 from keras_r21d.training.evaluation import compute_metrics, predict_clips
 from keras_r21d.training.io import TMP_PREFIX, atomic_save_model, atomic_write_text
 
@@ -141,6 +143,37 @@ class VideoAccuracy(keras.callbacks.Callback):
         metrics = compute_metrics(probabilities, labels, videos, self.dataset.class_names)
         logs["val_video_accuracy"] = metrics["video_top1"]
         logs["val_video_clip_accuracy"] = metrics["clip_top1"]
+
+
+class ClipValidation(keras.callbacks.Callback):
+    """Adds `val_loss` and `val_accuracy` over every clip of a `(clips, labels)` dataset to the epoch logs.
+
+    What `fit(validation_data=...)` logs, for a data-parallel run on JAX,
+    whose compiled steps need batches that split evenly over the devices:
+    Keras' own validation would have to pad the last batch, and its loss
+    tracker would count the padding. Here each batch runs as it is (an eager
+    call, which accepts any batch) and the means are over the real clips.
+    Must come before the callbacks that read those logs.
+    """
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        forward = model_function(lambda clips: self.model(clips, training=False))
+        losses, hits = [], []
+        for clips, labels in self.dataset:
+            probabilities = forward(clips)
+            labels = labels.numpy()
+            losses.append(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
+                labels, probabilities)))
+            hits.append(probabilities.argmax(axis=-1) == labels)
+        if losses:
+            logs["val_loss"] = float(np.concatenate(losses).mean())
+            logs["val_accuracy"] = float(np.concatenate(hits).mean())
 
 
 class LearningRateLogger(keras.callbacks.Callback):

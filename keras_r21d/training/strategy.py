@@ -1,12 +1,42 @@
-"""Choosing a `tf.distribute` strategy."""
+"""Choosing a distribution: a `tf.distribute` strategy on TensorFlow, `keras.distribution` data parallelism on JAX."""
 
+import contextlib
 import json
 import os
+
+import keras
 
 from keras_r21d._tensorflow import tf
 from keras_r21d.training.backend import backend
 
-STRATEGIES = ("auto", "default", "mirrored", "multiworker", "one_device")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "one_device", "data_parallel")
+TF_STRATEGIES = ("mirrored", "multiworker", "one_device")
+
+
+class DataParallel:
+    """`keras.distribution.DataParallel` over the JAX devices, with the strategy interface `train()` uses.
+
+    Inside `scope()` Keras replicates every variable on each device and
+    splits each global batch over them; the gradients are averaged in the
+    step XLA compiles (and BatchNorm's batch statistics are the global
+    batch's), so training computes what one device would on the same batch.
+    The scope restores the distribution it found.
+    """
+
+    def __init__(self, devices=None):
+        devices = devices or keras.distribution.list_devices()
+        self.distribution = keras.distribution.DataParallel(devices=devices)
+        self.devices = list(devices)
+        self.num_replicas_in_sync = len(devices)
+
+    @contextlib.contextmanager
+    def scope(self):
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(self.distribution)
+        try:
+            yield self
+        finally:
+            keras.distribution.set_distribution(previous)
 
 
 def cluster_from_env():
@@ -26,21 +56,33 @@ def cluster_from_env():
 
 def make_strategy(name="auto", collective_timeout=300.0):
     """Returns a strategy: `MultiWorkerMirroredStrategy` when `TF_CONFIG` names a cluster,
-    `MirroredStrategy` when more than one GPU is visible, the default strategy otherwise.
+    `MirroredStrategy` when more than one GPU is visible, the default strategy otherwise;
+    on JAX, `DataParallel` when more than one JAX device is visible, else the default.
 
     Args:
-        name: `"auto"`, or force one of `"default"`, `"mirrored"`, `"multiworker"`, `"one_device"`.
-            `"mirrored"` without GPUs mirrors over the logical CPU devices.
+        name: `"auto"`, or force one of `"default"`, `"mirrored"`, `"multiworker"`, `"one_device"`
+            (TensorFlow), `"data_parallel"` (JAX). `"mirrored"` without GPUs mirrors over the
+            logical CPU devices.
         collective_timeout: seconds a multi-worker collective may wait for a
             peer before failing, so that a dead worker cannot hang the others.
     """
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+    if backend() == "jax":
+        if name in TF_STRATEGIES:
+            raise ValueError(f"strategy={name!r} is a tf.distribute strategy, which trains TensorFlow models; "
+                             f"the Keras backend here is 'jax': use strategy='auto', 'default' or 'data_parallel'")
+        if name == "data_parallel" or (name == "auto" and len(keras.distribution.list_devices()) > 1):
+            return DataParallel()
+        return tf.distribute.get_strategy()  # a scope that changes nothing: the model is not TensorFlow's
+    if name == "data_parallel":
+        raise ValueError(f"strategy='data_parallel' is Keras' data parallelism for JAX; the Keras backend here is "
+                         f"{backend()!r}: on TensorFlow use 'mirrored' (several GPUs) or 'auto'")
     if backend() != "tensorflow":
-        if name not in ("auto", "default"):
+        if name != "auto" and name != "default":
             raise ValueError(f"strategy={name!r} is a tf.distribute strategy, which trains TensorFlow models; "
                              f"the Keras backend here is {backend()!r}: use strategy='auto' or 'default'")
-        return tf.distribute.get_strategy()  # a scope that changes nothing: the model is not TensorFlow's
+        return tf.distribute.get_strategy()
     if name == "auto":
         if cluster_from_env()[0] is not None:
             name = "multiworker"

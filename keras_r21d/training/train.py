@@ -26,6 +26,7 @@ from keras_r21d.models.video_resnet import VideoResNet
 from keras_r21d.training.backend import backend, devices
 from keras_r21d.training.callbacks import (
     STATE_FILE,
+    ClipValidation,
     LearningRateLogger,
     ResumableCheckpoint,
     ResumeError,
@@ -39,7 +40,7 @@ from keras_r21d.training.io import atomic_save_model, atomic_write_text
 from keras_r21d.training.plots import plot_history
 from keras_r21d.training.recipe import make_optimizer, scaled_learning_rate
 from keras_r21d.training.rundir import RESUMABLE_CHANGES, check_out_dir, read_run_record, resume_differences
-from keras_r21d.training.strategy import is_chief, make_strategy
+from keras_r21d.training.strategy import DataParallel, is_chief, make_strategy
 
 logger = logging.getLogger("keras_r21d.training")
 
@@ -320,9 +321,13 @@ def train(config=None, callbacks=None, **kwargs):
                        config.data)
 
     source = None
-    with _dtype_policy(config.mixed_precision):
-        strategy = make_strategy(config.strategy, config.collective_timeout)
+    with _dtype_policy(config.mixed_precision), _distribution(config) as strategy:
         batch_size = _effective_batch(config, len(train_set))
+        data_parallel = isinstance(strategy, DataParallel) and strategy.num_replicas_in_sync > 1
+        if data_parallel and batch_size % strategy.num_replicas_in_sync:
+            raise ValueError(f"the global batch of {batch_size} clips does not split evenly over the "
+                             f"{strategy.num_replicas_in_sync} devices of strategy 'data_parallel': choose a batch "
+                             f"size that is a multiple of {strategy.num_replicas_in_sync}")
         steps_per_epoch = math.ceil(len(train_set) / batch_size)
         phases = _phases(config, batch_size)
         starts = [0] + [end for end, _, _ in phases[:-1]]
@@ -377,7 +382,8 @@ def train(config=None, callbacks=None, **kwargs):
                 record.setdefault("resumes", []).append({"from_epoch": initial_epoch, "versions": now["versions"]})
             _write_record(run_dir, record)
 
-        callbacks = list(callbacks or []) + [
+        # Data parallelism on JAX: validation outside fit, whose compiled steps need evenly splitting batches.
+        callbacks = list(callbacks or []) + [ClipValidation(val_ds)] * data_parallel + [
             VideoAccuracy(val_set, config.clip_config(), batch_size, config.val_freq, bad_videos=bad_videos),
             LearningRateLogger(),
             ResumableCheckpoint(checkpoint_dir),
@@ -410,7 +416,8 @@ def train(config=None, callbacks=None, **kwargs):
                     # the dataset repeats and every epoch has its steps: nothing is cut short.
                     warnings.filterwarnings("ignore", message=".*ran out of data.*")
                     phase_history = model.fit(
-                        train_ds, validation_data=val_ds, epochs=end, initial_epoch=max(initial_epoch, start),
+                        train_ds, validation_data=None if data_parallel else val_ds, epochs=end,
+                        initial_epoch=max(initial_epoch, start),
                         steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
                         verbose="auto" if sys.stdout.isatty() and not os.environ.get("CI") else 2,
                     ).history
@@ -456,6 +463,17 @@ def _epochs_done(checkpoint_dir):
         return read_state(checkpoint_dir)["epoch"]
     except ResumeError:
         return 0
+
+
+@contextlib.contextmanager
+def _distribution(config):
+    """The run's strategy; a JAX `DataParallel` one is in force for the whole run (fit, validation, evaluation)."""
+    strategy = make_strategy(config.strategy, config.collective_timeout)
+    if isinstance(strategy, DataParallel):
+        with strategy.scope():
+            yield strategy
+    else:
+        yield strategy
 
 
 @contextlib.contextmanager
