@@ -556,7 +556,9 @@ def build_parser():
     p.add_argument("--strategy", choices=STRATEGIES, default="auto",
                    help="auto: MultiWorkerMirrored with TF_CONFIG, Mirrored with several GPUs; on JAX, data_parallel "
                         "with several devices")
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (for GPUs)")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 on GPUs (with loss scaling), mixed_bfloat16 elsewhere; float32 variables, "
+                        "BatchNorm statistics, softmax and loss")
     p.add_argument("--xla", action="store_true", help="jit_compile the train step (slower on CPUs)")
     p.add_argument("--implementation", choices=["auto", "conv2d", "conv3d"], default="auto",
                    help="lowering of the convolutions (conv2d: no 5-D kernels; faster for narrow 3D networks "

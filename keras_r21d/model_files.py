@@ -50,8 +50,14 @@ def check_keras_archive(path, max_bytes=MAX_ARCHIVE_BYTES, max_ratio=MAX_COMPRES
         raise UnsafeModelFile(f"{path}: not a .keras file (no config.json in the archive)")
 
 
-def load_keras_model(path):
+def load_keras_model(path, compile=False):
     """Loads a `.keras` file after `check_keras_archive`, with Keras' `safe_mode` on.
+
+    `compile=False` (the default) leaves out the training configuration:
+    evaluation, prediction, export and fine-tuning need none, and a file
+    saved during training on another backend names that backend's optimizer
+    class (PyTorch's, for a run trained on torch). Resuming a run passes
+    `compile=True` to restore the optimizer.
 
     Raises `ValueError` naming the file for anything that is not a safe,
     loadable model.
@@ -64,7 +70,7 @@ def load_keras_model(path):
         raise ValueError(f"model file not found: {path}")
     check_keras_archive(path)
     try:
-        return keras.models.load_model(path, safe_mode=True)
+        return keras.models.load_model(path, safe_mode=True, compile=compile)
     except Exception as error:  # noqa: BLE001 - report any failure with the file's name
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ValueError(f"cannot load model {path}: {type(error).__name__}: {message}") from None

@@ -69,3 +69,15 @@ def test_make_synthetic_and_check_videos(tmp_path):
     text = run_cli("check-videos", f"ucf101:{out}", "--frames", "8")
     assert text.returncode == 0
     assert text.stdout.strip().splitlines()[-1] == "8 videos checked, 8 ok, 0 unreadable or too short"
+
+
+def test_the_strategy_choices_are_the_training_module_s():
+    """The CLI spells the strategies so that `--help` imports no TensorFlow; they must be the ones `train` takes."""
+    from keras_r21d import cli
+    from keras_r21d.training.strategy import STRATEGIES
+
+    assert cli.STRATEGIES == STRATEGIES
+    for command in ("train", "tune"):
+        help_text = subprocess.run([sys.executable, "-m", "keras_r21d", command, "--help"], capture_output=True,
+                                   text=True, check=True).stdout
+        assert "data_parallel" in help_text, command

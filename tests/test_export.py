@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -239,6 +240,33 @@ def test_tflite_folds_batchnorm_into_the_convolutions(model, tflite_r21d, tmp_pa
     assert folded["ops"]["CONV_2D"] == kept["ops"]["CONV_2D"]
     # Both are the Keras model's function (the check compares with the unfolded model).
     assert folded["max_abs_diff"] <= 1e-4 and kept["max_abs_diff"] <= 1e-4
+
+
+def test_a_mixed_precision_model_exports_its_float32_network(tmp_path):
+    """Trained under `mixed_bfloat16`, exported as the float32 network on the same weights (TFLite, SavedModel)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        mixed = _model()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    reference = _model()  # float32
+    reference.set_weights(mixed.get_weights())
+    clips = _clips(2, seed=7)
+    expected = probabilities_fn(reference)(clips).numpy()
+    assert np.abs(probabilities_fn(mixed)(clips).numpy() - expected).max() > 1e-4  # bfloat16 is not float32
+
+    path = str(tmp_path / "mixed.tflite")
+    report = export_tflite(mixed, path, clip_config=CONFIG, check_data=clips)
+    assert report["max_abs_diff"] <= 1e-4
+    assert np.abs(run_tflite(interpreter(path), clips) - expected).max() <= 1e-4
+    types = {np.dtype(t["dtype"]).name for t in interpreter(path).get_tensor_details()}
+    assert "float32" in types and not types & {"float16", "bfloat16"}, types
+
+    saved = export_saved_model(mixed, str(tmp_path / "serving"), class_names=CLASSES, clip_config=CONFIG)
+    assert saved["max_abs_diff"] <= 1e-4
+    served = tf.saved_model.load(saved["path"]).signatures["serving_default"](clips=tf.constant(clips))
+    assert np.abs(served["probabilities"].numpy() - expected).max() <= 1e-4
 
 
 def test_tflite_r3d_lowering(tmp_path):

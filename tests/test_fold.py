@@ -118,3 +118,41 @@ def test_folded_model_saves_and_loads_in_safe_mode(tmp_path):
 def test_fold_refuses_a_non_functional_model():
     with pytest.raises(ValueError, match="functional keras.Model"):
         keras_r21d.fold_batchnorm(keras.layers.Dense(3))
+
+
+def _mixed_model(policy="mixed_bfloat16"):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        return _logits_model("r2plus1d_10")
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_a_mixed_precision_model_keeps_float32_variables_statistics_and_logits():
+    model = _mixed_model()
+    assert {layer.dtype_policy.name for layer in _all_layers(model)} == {"mixed_bfloat16", "float32"}
+    assert model.get_layer("predictions").dtype_policy.name == "float32"  # the classifier (and a softmax) in float32
+    assert {v.dtype for v in model.weights} == {"float32"}  # moving statistics included
+    clips = np.random.default_rng(1).normal(size=(2, *SHAPE)).astype("float32")
+    assert keras.ops.convert_to_numpy(model(clips, training=False)).dtype == np.float32
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_folding_and_as_float32_give_a_mixed_precision_model_its_float32_network(policy):
+    """The serving forms (folded, or `as_float32`) compute the float32 network on the same weights."""
+    from keras_r21d.models.fold import as_float32
+
+    model = _mixed_model(policy)
+    reference = _logits_model("r2plus1d_10")  # float32, same architecture
+    reference.set_weights(model.get_weights())
+    clips = np.random.default_rng(2).normal(size=(2, *SHAPE)).astype("float32")
+    expected = keras.ops.convert_to_numpy(reference(clips, training=False))
+    for serving in (keras_r21d.fold_batchnorm(model), as_float32(model)):
+        assert {layer.dtype_policy.name for layer in _all_layers(serving)} == {"float32"}
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(serving(clips, training=False)), expected,
+                                   rtol=1e-4, atol=1e-4)
+    # ... while the mixed model itself computes in the low precision: close, not equal.
+    low = keras.ops.convert_to_numpy(model(clips, training=False))
+    assert 0 < np.abs(low - expected).max() < 0.1 * np.abs(expected).max()
+    assert as_float32(reference) is reference

@@ -4,6 +4,7 @@ fine-tunes what it wrote. The input is the same tf.data pipeline on every backen
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -33,15 +34,26 @@ def data(tmp_path_factory):
     return make_synthetic_dataset(str(root), classes=2, videos_per_class=6, frames=(12, 16), size=(48, 32), seed=0)
 
 
-def test_train_on_jax_resumes_and_tensorflow_evaluates_and_finetunes_the_run(data, tmp_path):
+@pytest.fixture(scope="module")
+def jax_run(data, tmp_path_factory):
+    """Two epochs on JAX, one device (the tests that go on with it copy it first)."""
     needs("jax")
-    run = tmp_path / "jax_run"
-    first = _cli(["train", "--data", data, "--out", str(run), "--epochs", "2", *TRAIN], backend="jax")
-    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path_factory.mktemp("jax") / "run"
+    result = _cli(["train", "--data", data, "--out", str(run), "--epochs", "2", "--strategy", "default", *TRAIN],
+                  backend="jax", devices=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def test_train_on_jax_resumes_and_tensorflow_evaluates_and_finetunes_the_run(data, jax_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(jax_run, run)
     record = json.loads((run / "run.json").read_text())
     assert record["backend"] == "jax" and record["devices"] == ["cpu:0"] and record["status"] == "done"
+    assert record["dtype_policy"] == "float32"
 
-    resumed = _cli(["train", "--data", data, "--out", str(run), "--epochs", "3", "--resume", *TRAIN], backend="jax")
+    resumed = _cli(["train", "--data", data, "--out", str(run), "--epochs", "3", "--resume", "--strategy", "default",
+                    *TRAIN], backend="jax")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = json.loads((run / "run.json").read_text())
     assert record["backend"] == "jax" and record["resumed_from_epoch"] == 2 and record["status"] == "done"
@@ -61,6 +73,12 @@ def test_train_on_jax_resumes_and_tensorflow_evaluates_and_finetunes_the_run(dat
     np.testing.assert_allclose(on_jax["probabilities"], on_tf["probabilities"], atol=1e-5)
     assert json.loads((tmp_path / "eval_tf" / "report.json").read_text())["video_top1"] == record["results"][
         "video_top1"]
+
+    # ... exports it (TFLite: its parity check against Keras passes) ...
+    exported = _cli(["export", "--model", str(run / "model.keras"), "--format", "tflite", "--out",
+                     str(tmp_path / "jax_run.tflite"), "--json"])
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert json.loads(exported.stdout)["max_abs_diff"] <= 1e-4
 
     # ... and fine-tunes from it.
     tuned = tmp_path / "tf_finetune"
@@ -86,18 +104,15 @@ def _weights(path):
     return {v.path: np.asarray(v) for v in keras.saving.load_model(path, compile=False).weights}
 
 
-def test_data_parallel_on_two_jax_devices_trains_what_one_device_trains(data, tmp_path):
+def test_data_parallel_on_two_jax_devices_trains_what_one_device_trains(data, jax_run, tmp_path):
     """Two host devices (XLA's forced device count): the global batch of 4 splits 2 + 2; the gradients and the
     BatchNorm batch statistics are the global batch's, so the weights, the validation loss and accuracy (computed
     outside fit on every clip) and Video@1 equal one device's, up to float summation order."""
-    needs("jax")
-    runs = {}
-    for devices, strategy in ((1, "default"), (2, "auto")):
-        run = tmp_path / f"devices{devices}"
-        result = _cli(["train", "--data", data, "--out", str(run), "--epochs", "2", "--strategy", strategy, *TRAIN],
-                      backend="jax", devices=devices)
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[devices] = run
+    run = tmp_path / "devices2"
+    result = _cli(["train", "--data", data, "--out", str(run), "--epochs", "2", "--strategy", "auto", *TRAIN],
+                  backend="jax", devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {1: jax_run, 2: run}
     one, two = (json.loads((runs[d] / "run.json").read_text()) for d in (1, 2))
     assert (two["strategy"], two["replicas"], two["devices"]) == ("DataParallel", 2, ["cpu:0", "cpu:1"])
     assert (one["replicas"], one["devices"]) == (1, ["cpu:0"]) and one["batch_size"] == two["batch_size"] == 4
@@ -122,3 +137,26 @@ def test_data_parallel_refuses_a_batch_that_does_not_split_over_the_devices(data
                    "--batch-size", "3", *TRAIN[-4:]], backend="jax", timeout=300, devices=2)
     assert result.returncode != 0
     assert "the global batch of 3 clips does not split evenly over the 2 devices" in result.stderr
+
+
+def test_train_on_torch_evaluates_on_tensorflow_and_resumes_only_on_torch(data, tmp_path):
+    """A run trained on PyTorch: TensorFlow evaluates its model (loaded without the torch optimizer it names);
+    resuming it on TensorFlow is refused before any checkpoint is read, naming both backends."""
+    needs("torch")
+    run = tmp_path / "torch_run"
+    trained = _cli(["train", "--data", data, "--out", str(run), "--epochs", "1", *TRAIN], backend="torch")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["backend"] == "torch"
+    evaluated = _cli(["evaluate", "--model", str(run / "model.keras"), "--data", data, "--clips", "2",
+                      "--out", str(tmp_path / "eval_tf")])
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    on_torch = np.load(run / "eval" / "clip_predictions.npz")["probabilities"]
+    np.testing.assert_allclose(np.load(tmp_path / "eval_tf" / "clip_predictions.npz")["probabilities"], on_torch,
+                               atol=1e-5)
+    refused = _cli(["train", "--data", data, "--out", str(run), "--epochs", "2", "--resume", *TRAIN])
+    assert refused.returncode != 0
+    assert "on the Keras backend 'tensorflow': it trained on 'torch'" in refused.stderr
+    assert "KERAS_BACKEND=torch" in refused.stderr
+    resumed = _cli(["train", "--data", data, "--out", str(run), "--epochs", "2", "--resume", *TRAIN], backend="torch")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["resumed_from_epoch"] == 1

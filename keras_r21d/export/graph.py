@@ -11,6 +11,7 @@ import keras
 
 from keras_r21d._tensorflow import tf
 from keras_r21d.data import sampling, transforms
+from keras_r21d.models.fold import as_float32, fold_batchnorm
 
 # Largest video `classify_video` accepts by default: frames x height x width
 # (2**28 pixels, e.g. 116 s of 320x240 at 30 fps; 805 MB of uint8 RGB).
@@ -88,14 +89,12 @@ def feature_model(model):
 
 
 def folded(model):
-    """`keras_r21d.fold_batchnorm(model)` for a functional model with a BatchNorm, else the model itself."""
-    from keras_r21d.models.fold import fold_batchnorm
-
+    """`keras_r21d.fold_batchnorm(model)` for a functional model with a BatchNorm, else the model in float32."""
     if not hasattr(model, "_nodes_by_depth"):
         return model
     layers = model._flatten_layers(include_self=False, recursive=True)
     if not any(isinstance(layer, keras.layers.BatchNormalization) for layer in layers):
-        return model
+        return as_float32(model)
     return fold_batchnorm(model)
 
 

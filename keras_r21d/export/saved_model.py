@@ -176,7 +176,7 @@ def export_saved_model(model, export_dir, version=None, class_names=None, clip_c
     if os.path.exists(final) and not overwrite:
         raise ValueError(f"{final} already exists: pick another version or pass overwrite=True (--overwrite)")
 
-    exported = graph.folded(model) if fold_batchnorm else model
+    exported = graph.folded(model) if fold_batchnorm else graph.as_float32(model)
     serve, classify_video, extract, table = _serving_fns(exported, config, class_names, top_k, max_video_pixels)
     staging = None
     try:
@@ -229,10 +229,10 @@ def _config_dict(config):
 
 
 def _check_saved_model(model, path, config, tolerance=1e-4):
-    """Max abs difference of `serving_default` probabilities from Keras' on random clips."""
+    """Max abs difference of `serving_default` probabilities from Keras' (the float32 network's) on random clips."""
     loaded = tf.saved_model.load(path)
     clips = np.random.default_rng(0).normal(size=(2, *check_clip_shape(model, config))).astype("float32")
-    expected = graph.probabilities_fn(model)(tf.constant(clips)).numpy()
+    expected = graph.probabilities_fn(graph.as_float32(model))(tf.constant(clips)).numpy()
     served = loaded.signatures["serving_default"](clips=tf.constant(clips))["probabilities"].numpy()
     diff = float(np.abs(served - expected).max())
     if not diff <= tolerance:

@@ -135,11 +135,10 @@ def export_tflite(model, path, quantization=None, representative_data=None, impl
         class_names = check_class_names(class_names, int(model.output_shape[-1]))
     config = clip_config or test_clip_config(model)
     shape = check_clip_shape(model, config)
-    reference = graph.probabilities_fn(model)
+    reference = graph.probabilities_fn(graph.as_float32(model))  # a mixed-precision model's float32 network
     if implementation != "auto":
         model = graph.with_implementation(model, implementation)
-    if fold_batchnorm:
-        model = graph.folded(model)
+    model = graph.folded(model) if fold_batchnorm else graph.as_float32(model)  # float32 whatever the training policy
     probabilities = graph.probabilities_fn(model)
 
     with tempfile.TemporaryDirectory(prefix="keras_r21d_tflite_") as staging:

@@ -90,6 +90,23 @@ def _plain_relu(layer):
             and not config.get("negative_slope") and not config.get("threshold"))
 
 
+def as_float32(model):
+    """`model` computing in float32: a mixed-precision model's serving form, or the model itself if it is one.
+
+    The copy has the same layers, names and weights (a mixed-precision
+    model keeps float32 variables), every layer with the `float32` dtype
+    policy, so its outputs are the float32 network's on the same weights.
+    """
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    if all(layer.dtype_policy.name == "float32" for layer in layers):
+        return model
+    copy = keras.models.clone_model(
+        model, clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+    )
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def fold_batchnorm(model):
     """An inference copy of `model` with every BatchNorm folded into the convolution before it.
 
@@ -100,7 +117,8 @@ def fold_batchnorm(model):
     BatchNorm or ReLU becomes a `FoldedAway` identity layer) and gives the same
     outputs as `model(x, training=False)` to float rounding; it has no
     BatchNorm statistics, so train the original, not the copy. The original
-    is not modified.
+    is not modified. The copy computes in float32 whatever the original's
+    dtype policy: a mixed-precision model's inference and serving form.
 
     Example:
 
@@ -132,8 +150,8 @@ def fold_batchnorm(model):
 
     def clone(layer):
         if layer.name in absorbed:
-            return FoldedAway(name=layer.name)
-        config = layer.get_config()
+            return FoldedAway(name=layer.name, dtype="float32")
+        config = {**layer.get_config(), "dtype": "float32"}
         if isinstance(layer, _BLOCKS):
             config["batchnorm"] = False
         elif isinstance(layer, _CONVS) and layer.name in folded_bn:

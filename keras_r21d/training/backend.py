@@ -48,3 +48,27 @@ def devices():
 
     gpus = tf.config.list_logical_devices("GPU")
     return [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")][:1]
+
+
+def has_gpu():
+    """Whether the backend computes on a GPU here."""
+    if backend() == "jax":
+        import jax
+
+        return jax.devices()[0].platform == "gpu"
+    if backend() == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    from keras_r21d._tensorflow import tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def mixed_precision_policy():
+    """`"mixed_float16"` on a GPU (Keras scales the loss), `"mixed_bfloat16"` elsewhere (no scaling needed).
+
+    Either way the variables, BatchNorm's statistics, the classifier's
+    softmax and the loss stay float32.
+    """
+    return "mixed_float16" if has_gpu() else "mixed_bfloat16"

@@ -104,7 +104,7 @@ def load_checkpoint(checkpoint_dir):
     from keras_r21d.model_files import load_keras_model
 
     try:
-        model = load_keras_model(path)
+        model = load_keras_model(path, compile=True)  # the optimizer and its state go on
     except Exception as error:  # noqa: BLE001 - zip, h5 and config errors all mean "corrupt"
         raise ResumeError(
             f"cannot resume: checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}); "

@@ -23,7 +23,7 @@ from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.models.registry import get_model
 from keras_r21d.models.specs import VARIANTS, clip_input_shape
 from keras_r21d.models.video_resnet import VideoResNet
-from keras_r21d.training.backend import backend, devices
+from keras_r21d.training.backend import backend, devices, mixed_precision_policy
 from keras_r21d.training.callbacks import (
     STATE_FILE,
     ClipValidation,
@@ -331,11 +331,17 @@ def train(config=None, callbacks=None, **kwargs):
         steps_per_epoch = math.ceil(len(train_set) / batch_size)
         phases = _phases(config, batch_size)
         starts = [0] + [end for end, _, _ in phases[:-1]]
+        previous = read_run_record(run_dir) if resume and chief else None
+        if previous is not None and previous.get("backend", "tensorflow") != backend():
+            raise ResumeError(
+                f"cannot resume {run_dir} on the Keras backend {backend()!r}: it trained on "
+                f"{previous.get('backend', 'tensorflow')!r} (run.json), and its checkpoints hold that backend's "
+                f"optimizer. Resume it with KERAS_BACKEND={previous.get('backend', 'tensorflow')}, or start a new "
+                f"run from it on this backend with --init {run_dir}")
         with strategy.scope():
             model, initial_epoch = _load_or_start(checkpoint_dir) if resume else (None, 0)
             if model is None:
                 model, source = _new_model(config, train_set.class_names)
-        previous = read_run_record(run_dir) if resume and chief else None
         model_names = ((source or {}).get("class_names") or (previous or {}).get("class_names")
                        or list(train_set.class_names))
         # Classes pair by name: labels index the model's outputs, whatever order the data lists them in.
@@ -363,7 +369,7 @@ def train(config=None, callbacks=None, **kwargs):
         if chief:
             os.makedirs(run_dir, exist_ok=True)
             now = {"config": dataclasses.asdict(config), "versions": versions(), "status": "running",
-                   "backend": backend(), "devices": devices(),
+                   "backend": backend(), "devices": devices(), "dtype_policy": keras.config.dtype_policy().name,
                    "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
                    "batch_size": batch_size, "train_videos": len(train_set), "val_videos": len(val_set),
                    "split": split, "val_overlaps_train": overlap, **facts,
@@ -375,8 +381,8 @@ def train(config=None, callbacks=None, **kwargs):
                 for key in RESUMABLE_CHANGES:
                     if key in now["config"]:
                         record.setdefault("config", {})[key] = now["config"][key]
-                record.update({k: now[k] for k in ("versions", "status", "backend", "devices", "strategy", "replicas",
-                                                   "phases")})
+                record.update({k: now[k] for k in ("versions", "status", "backend", "devices", "dtype_policy",
+                                                   "strategy", "replicas", "phases")})
                 record.update({k: v for k, v in now.items() if k not in record})
                 record["resumed_from_epoch"] = initial_epoch
                 record.setdefault("resumes", []).append({"from_epoch": initial_epoch, "versions": now["versions"]})
@@ -478,10 +484,10 @@ def _distribution(config):
 
 @contextlib.contextmanager
 def _dtype_policy(mixed_precision):
-    """`mixed_float16` inside the block when asked; the global policy is restored after it."""
+    """`mixed_precision_policy()` inside the block when asked; the global policy is restored after it."""
     previous = keras.config.dtype_policy()
     if mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16")
+        keras.config.set_dtype_policy(mixed_precision_policy())
     try:
         yield
     finally:
