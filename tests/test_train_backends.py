@@ -129,6 +129,15 @@ def test_data_parallel_on_two_jax_devices_trains_what_one_device_trains(data, ja
             assert float(row_two[key]) == pytest.approx(float(row_one[key]), rel=1e-3, abs=1e-4), key
     assert two["results"]["video_top1"] == one["results"]["video_top1"]
 
+    # ... and resumes on two devices: the third epoch only, data-parallel again.
+    resumed = _cli(["train", "--data", data, "--out", str(run), "--epochs", "3", "--resume", "--strategy", "auto",
+                    *TRAIN], backend="jax", devices=2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((run / "run.json").read_text())
+    assert (record["resumed_from_epoch"], record["strategy"], record["replicas"]) == (2, "DataParallel", 2)
+    with open(run / "history.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]
+
 
 def test_data_parallel_refuses_a_batch_that_does_not_split_over_the_devices(data, tmp_path):
     needs("jax")
