@@ -346,7 +346,7 @@ def _jax_job(args, job, build, data):
             return {"skipped": "the largest batch is measured on a GPU only"}
         # Activations (the temporary buffers) grow with the batch; weights and optimizer state do not.
         analysis = compile_at(32)[0].memory_analysis()
-        fixed = analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
+        fixed = _planned_bytes(analysis) - analysis.temp_size_in_bytes
         limit = jax.devices()[0].memory_stats()["bytes_limit"]
         batch = fit_batch(0, fixed, 32, fixed + analysis.temp_size_in_bytes, 0.9 * limit)
     while True:
@@ -362,13 +362,18 @@ def _jax_job(args, job, build, data):
     result.update(batch=batch, seconds=seconds, clips_per_s=batch / seconds, compile_s=compile_s)
     analysis = compiled.memory_analysis()
     if analysis is not None:  # what XLA planned for the step: its buffers, weights and inputs
-        result["step_memory_gb"] = (
-            analysis.temp_size_in_bytes
-            + analysis.argument_size_in_bytes
-            + analysis.output_size_in_bytes
-            - analysis.alias_size_in_bytes
-        ) / 1e9
+        result["step_memory_gb"] = _planned_bytes(analysis) / 1e9
     return result
+
+
+def _planned_bytes(analysis):
+    """Device bytes XLA planned for a compiled step: temporaries, arguments and outputs (donated ones once)."""
+    return (
+        analysis.temp_size_in_bytes
+        + analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes
+    )
 
 
 def _stepper(compiled, state, x, y, training):

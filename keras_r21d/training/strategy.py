@@ -26,7 +26,6 @@ class DataParallel:
     def __init__(self, devices=None):
         devices = devices or keras.distribution.list_devices()
         self.distribution = keras.distribution.DataParallel(devices=devices)
-        self.devices = list(devices)
         self.num_replicas_in_sync = len(devices)
 
     @contextlib.contextmanager
@@ -68,21 +67,20 @@ def make_strategy(name="auto", collective_timeout=300.0):
     """
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
-    if backend() == "jax":
-        if name in TF_STRATEGIES:
-            raise ValueError(f"strategy={name!r} is a tf.distribute strategy, which trains TensorFlow models; "
-                             f"the Keras backend here is 'jax': use strategy='auto', 'default' or 'data_parallel'")
-        if name == "data_parallel" or (name == "auto" and len(keras.distribution.list_devices()) > 1):
+    if backend() != "tensorflow":
+        allowed = ("auto", "default", "data_parallel") if backend() == "jax" else ("auto", "default")
+        if name not in allowed:
+            kind = ("a tf.distribute strategy, which trains TensorFlow models" if name in TF_STRATEGIES
+                    else "Keras' data parallelism for JAX")
+            raise ValueError(f"strategy={name!r} is {kind}; the Keras backend here is {backend()!r}: use "
+                             f"strategy={' or '.join(map(repr, allowed))}")
+        several = backend() == "jax" and len(keras.distribution.list_devices()) > 1
+        if name == "data_parallel" or (name == "auto" and several):
             return DataParallel()
         return tf.distribute.get_strategy()  # a scope that changes nothing: the model is not TensorFlow's
     if name == "data_parallel":
-        raise ValueError(f"strategy='data_parallel' is Keras' data parallelism for JAX; the Keras backend here is "
-                         f"{backend()!r}: on TensorFlow use 'mirrored' (several GPUs) or 'auto'")
-    if backend() != "tensorflow":
-        if name != "auto" and name != "default":
-            raise ValueError(f"strategy={name!r} is a tf.distribute strategy, which trains TensorFlow models; "
-                             f"the Keras backend here is {backend()!r}: use strategy='auto' or 'default'")
-        return tf.distribute.get_strategy()
+        raise ValueError("strategy='data_parallel' is Keras' data parallelism for JAX; the Keras backend here is "
+                         "'tensorflow': use 'mirrored' (several GPUs) or 'auto'")
     if name == "auto":
         if cluster_from_env()[0] is not None:
             name = "multiworker"

@@ -332,12 +332,12 @@ def train(config=None, callbacks=None, **kwargs):
         phases = _phases(config, batch_size)
         starts = [0] + [end for end, _, _ in phases[:-1]]
         previous = read_run_record(run_dir) if resume and chief else None
-        if previous is not None and previous.get("backend", "tensorflow") != backend():
+        trained_on = (previous or {}).get("backend", "tensorflow")  # runs before 0.2 record none: TensorFlow
+        if previous is not None and trained_on != backend():
             raise ResumeError(
-                f"cannot resume {run_dir} on the Keras backend {backend()!r}: it trained on "
-                f"{previous.get('backend', 'tensorflow')!r} (run.json), and its checkpoints hold that backend's "
-                f"optimizer. Resume it with KERAS_BACKEND={previous.get('backend', 'tensorflow')}, or start a new "
-                f"run from it on this backend with --init {run_dir}")
+                f"cannot resume {run_dir} on the Keras backend {backend()!r}: it trained on {trained_on!r} "
+                f"(run.json), and its checkpoints hold that backend's optimizer. Resume it with "
+                f"KERAS_BACKEND={trained_on}, or start a new run from it on this backend with --init {run_dir}")
         with strategy.scope():
             model, initial_epoch = _load_or_start(checkpoint_dir) if resume else (None, 0)
             if model is None:
