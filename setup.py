@@ -1,10 +1,15 @@
 """Setup for keras_r21d (metadata lives here; tool settings in pyproject.toml)."""
 
+import re
+
 from setuptools import find_packages, setup
+
+with open("keras_r21d/version.py", encoding="utf-8") as file:
+    VERSION = re.search(r'__version__ = "([^"]+)"', file.read()).group(1)
 
 setup(
     name="keras_r21d",
-    version="0.1.0",
+    version=VERSION,
     description=(
         "Keras 3 video action recognition: R(2+1)D, R3D, MCx, rMCx, R2D and f-R2D "
         "from 'A Closer Look at Spatiotemporal Convolutions for Action Recognition'"

@@ -15,12 +15,11 @@ import os
 import sys
 
 from keras_r21d._lazy import lazy_exports
-
-__version__ = "0.1.0"
+from keras_r21d.version import __version__
 
 _MODEL_NAMES = ("FR2D", "MC2", "MC3", "MC4", "MC5", "R2D", "R3D", "RMC2", "RMC3", "RMC4", "RMC5", "R2Plus1D",
-                "VideoResNet", "fold_batchnorm", "from_preset", "get_model", "get_preset", "list_models",
-                "list_presets", "model_stats")
+                "VideoResNet", "VideoResNetBackbone", "VideoClassifier", "VideoFeatureExtractor", "fold_batchnorm",
+                "from_preset", "get_model", "get_preset", "list_models", "list_presets", "model_stats")
 __getattr__, __dir__ = lazy_exports(__name__, {**{name: "models" for name in _MODEL_NAMES}, "layers": "layers",
                                                "saving": "saving"})
 
@@ -65,6 +64,7 @@ def export_tflite(*args, **kwargs):
 
 __all__ = [
     "FR2D", "MC2", "MC3", "MC4", "MC5", "R2D", "R3D", "RMC2", "RMC3", "RMC4", "RMC5", "R2Plus1D",
-    "VideoResNet", "evaluate", "export_saved_model", "export_tflite", "fold_batchnorm", "get_model",
-    "layers", "list_models", "model_stats", "train", "__version__",
+    "VideoClassifier", "VideoFeatureExtractor", "VideoResNet", "VideoResNetBackbone", "evaluate",
+    "export_saved_model", "export_tflite", "fold_batchnorm", "from_preset", "get_model", "get_preset", "layers",
+    "list_models", "list_presets", "model_stats", "train", "__version__",
 ]

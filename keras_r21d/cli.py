@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+from keras_r21d.version import __version__
+
 # = keras_r21d.training.strategy.STRATEGIES, spelled here so that `--help` imports no TensorFlow (a test compares).
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "one_device", "data_parallel")
 
@@ -471,8 +473,6 @@ def cmd_study(args):
 
 
 def build_parser():
-    from keras_r21d import __version__
-
     parser = argparse.ArgumentParser(
         prog="keras-r21d",
         description="R(2+1)D and the other networks of Tran et al. (CVPR 2018) for Keras 3.",

@@ -113,6 +113,7 @@ class KerasPredictor(Predictor):
         config = dataclasses.replace(test_clip_config(model, record, clips or 10, frames, size), max_pixels=max_pixels)
         names = record.get("class_names") or [f"class_{i}" for i in range(model.output_shape[-1])]
         super().__init__(path, config, names)
+        self._source = model
         model = folded(model)  # the same function, faster: BatchNorms folded into the convolutions
         self.model = model
         self._probabilities = model_function(probabilities_fn(model))
@@ -124,7 +125,7 @@ class KerasPredictor(Predictor):
 
     def clip_features(self, video):
         if self._features is None:
-            features = self._feature_model(self.model)
+            features = self._feature_model(self.model, self._source)
             self._features = model_function(lambda c: features(c, training=False))
         return _batched(self._features, self._clips(video))
 

@@ -96,6 +96,7 @@ def test_every_variant_on_another_backend_without_tensorflow(fixtures, without_t
         # The same weights, and the same .keras file, give TensorFlow's outputs.
         assert facts["weights_diff"] <= 1e-4 and facts["file_diff"] <= 1e-4, (variant, facts)
         assert facts["fold_diff"] <= 1e-4, (variant, facts)
+        assert facts["classes"] == ["VideoClassifier", "VideoClassifier", "VideoResNetBackbone"], variant
         assert facts["paper_params"] == reference[variant]["paper_params"]
         assert facts["gflops"] == pytest.approx(reference[variant]["gflops"])
         assert facts["losses"][1] < facts["losses"][0], (variant, facts["losses"])
@@ -106,7 +107,8 @@ def test_every_variant_on_another_backend_without_tensorflow(fixtures, without_t
         np.testing.assert_allclose(np.asarray(moved(arrays["clips"], training=False)), facts["saved_outputs"],
                                    atol=1e-4, err_msg=variant)
     assert found["preset_diff"] <= 1e-4  # R2Plus1D(10, weights="kinetics400") from the local cache
-    # The .keras files 0.1.0 wrote (tests/data/v0_1_0/models) give 0.1.0's outputs on this backend.
+    # The .keras files 0.1.0 wrote (tests/data/v0_1_0/models) give 0.1.0's outputs on this backend, as loaded and
+    # read back as tasks (models.legacy).
     assert len(found["old_files"]) == 9 and max(found["old_files"].values()) <= 1e-4, found["old_files"]
     # The input pipeline (and training, export, serving) say what to install, in one line.
     assert "need TensorFlow, which is not installed here: pip install 'keras_r21d[cpu]'" in found["pipeline_error"]

@@ -89,3 +89,50 @@ def test_an_old_fine_tuned_model_is_a_source_for_fine_tuning(tmp_path):
     for layer in source.layers:
         for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights()):
             assert (a == b).all(), layer.name
+
+
+@pytest.fixture()
+def old_finetune(old_run):
+    """0.1.0's fine-tuning run (tests/data/v0_1_0/finetune: from the run above, one head-only epoch, then one
+    epoch of the whole network), copied beside the run and the data, its recorded paths moved with them."""
+    shutil.copytree(os.path.join(HERE, "finetune"), old_run / "finetune")
+    record = old_run / "finetune" / "run.json"
+    record.write_text(record.read_text().replace("/tmp/old", str(old_run)))
+    return old_run / "finetune"
+
+
+def test_an_old_fine_tuning_run_evaluates_and_is_a_fine_tuning_source(old_finetune):
+    from keras_r21d.training.finetune import init_model, load_source
+
+    recorded = json.loads((old_finetune / "eval" / "report.json").read_text())
+    report = evaluate(str(old_finetune / "model.keras"), f"ucf101:{old_finetune.parent / 'syn'}", clips=2)
+    for key in ("clip_top1", "video_top1", "clips", "videos", "confusion_matrix", "class_names"):
+        assert report[key] == recorded[key], key
+    source, description, names = load_source(str(old_finetune))  # the run directory, as train --init reads it
+    assert names == ["MoveLeft", "MoveRight", "RotateClockwise", "RotateCounterClockwise"]
+    model, kept = init_model(source, 3, 4, description)
+    assert not kept and model.output_shape == (None, 3) and type(model).__name__ == "VideoClassifier"
+    for layer in model.backbone.layers:
+        for a, b in zip(layer.get_weights(), source.get_layer(layer.name).get_weights()):
+            assert (a == b).all(), layer.name
+
+
+def test_an_old_fine_tuning_run_resumes_in_its_fine_tuning_phase(old_finetune):
+    """The 0.1.0 checkpoint is a plain functional model: the resumed phase finds its stages through the backbone
+    it is read as (models.legacy), trains every stage and leaves the head-only phase as it was recorded."""
+    record = json.loads((old_finetune / "run.json").read_text())
+    assert [phase["trainable_from"] for phase in record["phases"]] == ["head", None]
+    config = dict(record["config"], epochs=3)
+    before = load_model(str(old_finetune / "checkpoints" / "epoch-002.keras"))
+    result = train(TrainConfig(**config), resume=True)
+    after = json.loads((old_finetune / "run.json").read_text())
+    assert after["status"] == "done" and after["resumed_from_epoch"] == 2
+    assert [phase["trainable_from"] for phase in after["phases"]] == ["head", None]
+    model = result["model"]
+    assert all(layer.trainable for layer in model.layers)
+    changed = {layer.name for layer in before.layers
+               if any((a != b).any() for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights()))}
+    assert {"conv1_conv", "conv1_spatial", "conv2_block1", "conv5_block1", "predictions"} & changed == \
+        {"conv1_spatial", "conv2_block1", "conv5_block1", "predictions"}  # R(2+1)D: every stage trained on
+    rows = (old_finetune / "history.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == [0, 1, 2]

@@ -12,8 +12,9 @@ import pytest
 
 import keras_r21d
 from keras_r21d.data import make_synthetic_dataset
+from keras_r21d.models.network import stage_layer_names
 from keras_r21d.training import TrainConfig, train
-from keras_r21d.training.finetune import set_trainable, stage_of
+from keras_r21d.training.finetune import set_trainable
 from tests.test_case import MOTION_RECIPE
 
 RECIPE = {key: value for key, value in MOTION_RECIPE.items() if key not in ("arch", "epochs")}
@@ -51,8 +52,12 @@ class _Snapshots(keras.callbacks.Callback):
 
 def test_stages_and_freezing():
     model = keras_r21d.R2Plus1D(10, input_shape=(4, 32, 32, 3), classes=3, width_multiplier=0.125)
-    assert [stage_of(n) for n in ("conv1_spatial", "conv1_bn", "conv3_block1", "conv5_block1", "avg_pool",
-                                  "predictions")] == ["conv1", "conv1", "conv3", "conv5", "head", "head"]
+    assert stage_layer_names(model) == {
+        "conv1": ("conv1_spatial", "conv1_spatial_bn", "conv1_spatial_relu", "conv1_temporal", "conv1_bn",
+                  "conv1_relu"),
+        "conv2": ("conv2_block1",), "conv3": ("conv3_block1",), "conv4": ("conv4_block1",),
+        "conv5": ("conv5_block1",), "head": ("avg_pool", "predictions"),
+    }
     frozen = set_trainable(model, "conv4")
     assert frozen == ["conv1_spatial", "conv1_spatial_bn", "conv1_temporal", "conv1_bn", "conv2_block1",
                       "conv3_block1"]
@@ -130,8 +135,9 @@ def test_partial_finetuning_at_another_clip_length(source_run, tmp_path):
     assert result["report"]["videos"] == 8
     # Same class count: the head is kept; the stages before conv5 are untouched.
     assert _same(snapshots.start["predictions"], source["predictions"])
+    stage_of = {name: stage for stage, names in stage_layer_names(source_run["model"]).items() for name in names}
     for name in source:
-        assert _same(after[name], source[name]) == (stage_of(name) not in ("conv5", "head")), name
+        assert _same(after[name], source[name]) == (stage_of[name] not in ("conv5", "head")), name
 
 
 def test_r2d_cannot_change_clip_length(tmp_path):

@@ -47,12 +47,17 @@ def _hostile_files(folder, genuine):
     marker = str(folder / "payload_ran")
     config = json.loads(zipfile.ZipFile(genuine).read("config.json"))
     system = json.loads(json.dumps(config))
-    # A layer entry (name, inbound nodes) whose class is a function of an arbitrary module.
-    system["config"]["layers"][1].update(module="os", class_name="system", registered_name="system",
-                                         config=f"touch {marker}")
+    # The classifier's backbone entry, whose class is a function of an arbitrary module.
+    system["config"]["backbone"].update(module="os", class_name="system", registered_name="system",
+                                        config=f"touch {marker}")
     unsafe = json.loads(json.dumps(config))
-    unsafe["config"]["layers"][1].update(module="keras.config", class_name="enable_unsafe_deserialization",
-                                         registered_name="enable_unsafe_deserialization", config={})
+    unsafe["config"]["backbone"].update(module="keras.config", class_name="enable_unsafe_deserialization",
+                                        registered_name="enable_unsafe_deserialization", config={})
+    # The same in a layer entry (name, inbound nodes) of 0.1.0's plain functional layout.
+    old = os.path.join(os.path.dirname(__file__), "data", "v0_1_0", "models", "r2plus1d.keras")
+    layer = json.loads(zipfile.ZipFile(old).read("config.json"))
+    layer["config"]["layers"][1].update(module="os", class_name="system", registered_name="system",
+                                        config=f"touch {marker}")
     bomb = folder / "bomb.keras"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("config.json", json.dumps(config))
@@ -60,6 +65,7 @@ def _hostile_files(folder, genuine):
     files = {
         "lambda": (_lambda_model(folder / "lambda.keras", marker), "Lambda"),
         "os.system": (_rewrite(genuine, folder / "system.keras", system), None),
+        "os.system in a layer": (_rewrite(old, folder / "layer.keras", layer), None),
         "unsafe switch": (_rewrite(genuine, folder / "unsafe.keras", unsafe), "disallowed"),
         "../ member": (_rewrite(genuine, folder / "traversal.keras", extra=[("../escaped.txt", b"x")]),
                        "points outside the archive"),
@@ -113,7 +119,7 @@ COMMANDS = [
 def test_every_command_refuses_hostile_files(genuine, tmp_path):
     """Every command that reads a model, with every hostile file: exit 2 naming the file, one line, no payload.
 
-    The 25 command lines run through the CLI's `main` in one child process (tests/workers/cli_calls.py):
+    The 30 command lines run through the CLI's `main` in one child process (tests/workers/cli_calls.py):
     TensorFlow starts once, and a file that switched safe mode off would show in the calls after it."""
     from tests.videos import moving_frames, write_opencv
 
@@ -134,7 +140,7 @@ def test_every_command_refuses_hostile_files(genuine, tmp_path):
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     answers = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(answers) == len(calls) == 25
+    assert len(answers) == len(calls) == 30
     for (command, kind, path), answer in zip(labels, answers):
         what = (command, kind, answer["stderr"][-1500:])
         assert answer["code"] == 2, what

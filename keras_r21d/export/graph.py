@@ -11,7 +11,10 @@ import keras
 
 from keras_r21d._tensorflow import tf
 from keras_r21d.data import sampling, transforms
+from keras_r21d.layers.video_conv import check_implementation
+from keras_r21d.models.classifier import VideoClassifier, VideoFeatureExtractor
 from keras_r21d.models.fold import as_float32, fold_batchnorm
+from keras_r21d.models.legacy import as_task
 
 # Largest video `classify_video` accepts by default: frames x height x width
 # (2**28 pixels, e.g. 116 s of 320x240 at 30 fps; 805 MB of uint8 RGB).
@@ -75,17 +78,25 @@ def probabilities_fn(model):
     return probabilities
 
 
-def feature_model(model):
-    """The backbone up to the global pooling: `(N, T, H, W, 3) -> (N, features)`."""
-    names = [layer.name for layer in model.layers]
-    if "avg_pool" in names:
-        return keras.Model(model.inputs[0], model.get_layer("avg_pool").output, name=f"{model.name}_features")
-    if len(model.outputs[0].shape) == 2:
-        return model  # include_top=False with pooling: the model already gives features
-    raise ValueError(
-        f"model {model.name!r} has no `avg_pool` layer and does not end in pooled features: "
-        "build it with include_top=True or pooling='avg'/'max' to extract features"
-    )
+def feature_model(model, source=None):
+    """The network up to the global pooling: `(N, T, H, W, 3) -> (N, features)`.
+
+    The pooling is the task's (`VideoClassifier.pooler`; a
+    `VideoFeatureExtractor` ends there). `source`: the task `model` is a copy
+    of, when `model` is its folded or float32 copy (`fold_batchnorm`,
+    `as_float32` keep the layer names). 0.1.0's models are read as their task
+    first (`keras_r21d.models.legacy`).
+    """
+    try:
+        task = as_task(model if source is None else source)
+    except ValueError as error:
+        raise ValueError(f"cannot extract features: {error}") from None
+    if not isinstance(task, (VideoClassifier, VideoFeatureExtractor)):
+        raise ValueError(
+            f"model {model.name!r} ends in conv5 feature maps, not pooled features: build it with include_top=True "
+            "or pooling='avg'/'max' to extract features"
+        )
+    return keras.Model(model.inputs[0], model.get_layer(task.pooler.name).output, name=f"{model.name}_features")
 
 
 def folded(model):
@@ -104,8 +115,6 @@ def with_implementation(model, implementation):
     `"conv2d"` gives a graph without 5-D convolutions (for TFLite's XNNPACK
     and GPU delegates and int8); `"conv3d"` one with them.
     """
-    from keras_r21d.layers.video_conv import check_implementation
-
     check_implementation(implementation)
 
     def clone(layer):

@@ -54,11 +54,11 @@ def _next_version(base_dir):
     return max(versions, default=0) + 1
 
 
-def _serving_fns(model, config, class_names, top_k, max_pixels):
-    """The three signature functions and the lookup table they need."""
+def _serving_fns(model, config, class_names, top_k, max_pixels, source):
+    """The three signature functions and the lookup table they need (`model`: `source`'s serving copy)."""
     probabilities = graph.probabilities_fn(model)
     shape = model.input_shape[1:]
-    features = graph.feature_model(model)
+    features = graph.feature_model(model, source)
     table = _class_table(class_names)
 
     def top(probs):
@@ -177,7 +177,7 @@ def export_saved_model(model, export_dir, version=None, class_names=None, clip_c
         raise ValueError(f"{final} already exists: pick another version or pass overwrite=True (--overwrite)")
 
     exported = graph.folded(model) if fold_batchnorm else graph.as_float32(model)
-    serve, classify_video, extract, table = _serving_fns(exported, config, class_names, top_k, max_video_pixels)
+    serve, classify_video, extract, table = _serving_fns(exported, config, class_names, top_k, max_video_pixels, model)
     staging = None
     try:
         clips = clip_spec(model, config.clip_len)

@@ -2,6 +2,9 @@
 
 import keras
 
+from keras_r21d.models.network import variant_network
+from keras_r21d.models.specs import VARIANTS
+
 
 def _size(variable):
     size = 1
@@ -80,13 +83,10 @@ def models_table(depth=18, frames=8, size=112, classes=400, width_multiplier=1.0
     (display name), `paper_params`, `keras_params`, `macs`, `gflops`
     (rounded to 3 decimals) and `input_shape`.
     """
-    from keras_r21d.models.specs import VARIANTS
-    from keras_r21d.models.video_resnet import BUILDERS
-
     rows = []
     for variant in variants or VARIANTS:
         shape = (frames, size, size, 3)
-        model = BUILDERS[variant](depth, input_shape=shape, classes=classes, width_multiplier=width_multiplier)
+        model = variant_network(variant, depth, input_shape=shape, classes=classes, width_multiplier=width_multiplier)
         stats = model_stats(model)
         rows.append({"name": f"{variant}_{depth}", "variant": VARIANTS[variant][0],
                      "paper_params": stats["paper_params"], "keras_params": stats["keras_params"],

@@ -1,102 +1,14 @@
-"""One generic, table-driven builder for the whole family of the paper."""
+"""The applications-style front door: `VideoResNet` and the named builders (`R2Plus1D`, `R3D`, `MC3`, ...).
+
+They build a `VideoResNetBackbone` and its task (`keras_r21d.models.network`)
+and load `weights=` (a file, or a preset by name); the layer names are 0.1.0's.
+"""
 
 import os
 
-import keras
-
-from keras_r21d.layers.blocks import CONV_TYPES, MIDPLANES, BasicBlock, BottleneckBlock
-from keras_r21d.layers.video_conv import VideoConv, check_implementation
-from keras_r21d.models.specs import (
-    BN_EPSILON,
-    BN_MOMENTUM,
-    DEFAULT_INPUT_SHAPE,
-    DEPTHS,
-    GROUP_WIDTHS,
-    STEM_2PLUS1D_MIDPLANES,
-    STEM_WIDTH,
-    VARIANTS,
-    stem_spans_clip,
-)
-
-STEM_TYPES = ("clip", "2d", "3d", "2plus1d")
-POOLINGS = (None, "avg", "max")
-
-
-def _scaled(width, multiplier):
-    return max(1, int(round(width * multiplier)))
-
-
-def _check_args(depth, stem_type, stage_conv_types, midplanes, implementation, include_top, pooling, classes,
-                width_multiplier, weights):
-    if depth not in DEPTHS:
-        raise ValueError(f"`depth` must be one of {sorted(DEPTHS)}. Received: depth={depth!r}")
-    if stem_type not in STEM_TYPES:
-        raise ValueError(f"`stem_type` must be one of {STEM_TYPES}. Received: stem_type={stem_type!r}")
-    if len(stage_conv_types) != 4 or any(c not in CONV_TYPES for c in stage_conv_types):
-        raise ValueError(
-            f"`stage_conv_types` must be 4 entries from {CONV_TYPES} (conv2..conv5). "
-            f"Received: stage_conv_types={stage_conv_types!r}"
-        )
-    if midplanes not in MIDPLANES:
-        raise ValueError(f"`midplanes` must be one of {MIDPLANES}. Received: midplanes={midplanes!r}")
-    check_implementation(implementation)
-    if pooling not in POOLINGS:
-        raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
-    if include_top and (not isinstance(classes, int) or classes < 1):
-        raise ValueError(f"`classes` must be a positive integer with include_top=True. Received: classes={classes!r}")
-    if not width_multiplier > 0:
-        raise ValueError(f"`width_multiplier` must be > 0. Received: width_multiplier={width_multiplier!r}")
-    if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"`weights` must be None, a preset name or a file path or URL. Received: {weights!r}")
-
-
-def _resolve_input(input_shape, input_tensor, stem_type):
-    if input_shape is None:
-        if input_tensor is not None and getattr(input_tensor, "shape", None) is not None:
-            input_shape = tuple(input_tensor.shape[1:])
-        else:
-            input_shape = DEFAULT_INPUT_SHAPE
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 4 or input_shape[-1] != 3:
-        raise ValueError(
-            "`input_shape` must be (frames, height, width, 3), channels last. "
-            f"Received: input_shape={input_shape!r}"
-        )
-    if stem_spans_clip(stem_type=stem_type) and input_shape[0] is None:
-        raise ValueError(
-            "R2D's stem spans the whole clip (its frames are stacked as 3L channels), so its clip length "
-            "must be fixed at build time: pass e.g. input_shape=(16, 112, 112, 3). "
-            f"Received: input_shape={input_shape!r}"
-        )
-    if input_tensor is None:
-        return keras.Input(shape=input_shape, name="clip"), None
-    if keras.backend.is_keras_tensor(input_tensor):
-        return input_tensor, input_tensor
-    return keras.Input(tensor=input_tensor, shape=input_shape, name="clip"), input_tensor
-
-
-def _stem(x, stem_type, frames, width_multiplier, epsilon, implementation):
-    """conv1: the stem of Table 1 in the variant's type, then BatchNorm and ReLU."""
-
-    def conv(filters, kernel, strides, name, padding=None):
-        return VideoConv(filters, kernel, strides=strides, padding=padding, implementation=implementation,
-                         name=name)
-
-    width = _scaled(STEM_WIDTH, width_multiplier)
-    norm = dict(epsilon=epsilon, momentum=BN_MOMENTUM)
-    if stem_type == "2plus1d":
-        mid = _scaled(STEM_2PLUS1D_MIDPLANES, width_multiplier)
-        x = conv(mid, (1, 7, 7), (1, 2, 2), "conv1_spatial")(x)
-        x = keras.layers.BatchNormalization(name="conv1_spatial_bn", **norm)(x)
-        x = keras.layers.ReLU(name="conv1_spatial_relu")(x)
-        x = conv(width, (3, 1, 1), (1, 1, 1), "conv1_temporal")(x)
-    elif stem_type == "clip":
-        x = conv(width, (frames, 7, 7), (1, 2, 2), "conv1_conv", padding=(0, 3, 3))(x)
-    else:
-        kernel = (3, 7, 7) if stem_type == "3d" else (1, 7, 7)
-        x = conv(width, kernel, (1, 2, 2), "conv1_conv")(x)
-    x = keras.layers.BatchNormalization(name="conv1_bn", **norm)(x)
-    return keras.layers.ReLU(name="conv1_relu")(x)
+from keras_r21d.models.network import network
+from keras_r21d.models.specs import DEFAULT_INPUT_SHAPE, DEPTHS, VARIANTS
+from keras_r21d.weights import is_preset, load_preset, load_weights, preset_for_builder
 
 
 def VideoResNet(
@@ -116,6 +28,7 @@ def VideoResNet(
     implementation="auto",
     dropout=0.0,
     kernel_regularizer=None,
+    dtype=None,
     name=None,
 ):
     """Builds any network of the paper's family from its stem and stage conv types.
@@ -151,10 +64,15 @@ def VideoResNet(
         implementation: lowering of the convolutions (see `VideoConv`).
         dropout: float, dropout rate before the classifier (0 in the paper).
         kernel_regularizer: optional regularizer for every conv kernel.
+        dtype: dtype policy of the network (`None`: the global policy;
+            `"mixed_bfloat16"`, ...); a mixed network's classifier is float32.
         name: model name.
 
     Returns:
-        A functional `keras.Model`.
+        A `keras_r21d.models.VideoClassifier` (`include_top=True`), a
+        `VideoFeatureExtractor` (`pooling`) or the `VideoResNetBackbone`
+        (conv5 features); each is a functional `keras.Model` and the tasks
+        hold theirs as `.backbone`.
 
     Example:
 
@@ -167,47 +85,14 @@ def VideoResNet(
         Tran et al., "A Closer Look at Spatiotemporal Convolutions for Action
         Recognition", CVPR 2018.
     """
-    stage_conv_types = tuple(stage_conv_types)
-    _check_args(depth, stem_type, stage_conv_types, midplanes, implementation, include_top, pooling, classes,
-                width_multiplier, weights)
-    inputs, source = _resolve_input(input_shape, input_tensor, stem_type)
-    block_type, blocks_per_group = DEPTHS[depth]
-    block_cls = BasicBlock if block_type == "basic" else BottleneckBlock
-    epsilon = BN_EPSILON[midplanes]
-    x = _stem(inputs, stem_type, inputs.shape[1], width_multiplier, epsilon, implementation)
-    for group, (conv_type, blocks, width) in enumerate(zip(stage_conv_types, blocks_per_group, GROUP_WIDTHS)):
-        for index in range(blocks):
-            x = block_cls(
-                _scaled(width, width_multiplier),
-                conv_type=conv_type,
-                stride=2 if group > 0 and index == 0 else 1,
-                midplanes=midplanes,
-                implementation=implementation,
-                bn_epsilon=epsilon,
-                bn_momentum=BN_MOMENTUM,
-                kernel_regularizer=kernel_regularizer,
-                name=f"conv{group + 2}_block{index + 1}",
-            )(x)
-    if include_top:
-        x = keras.layers.GlobalAveragePooling3D(name="avg_pool")(x)
-        if dropout:
-            x = keras.layers.Dropout(dropout, name="dropout")(x)
-        mixed = keras.config.dtype_policy().name.startswith("mixed")
-        x = keras.layers.Dense(
-            classes,
-            activation=classifier_activation,
-            name="predictions",
-            dtype="float32" if mixed else None,
-        )(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling3D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling3D(name="max_pool")(x)
-    model_inputs = keras.utils.get_source_inputs(source) if source is not None else inputs
-    model = keras.Model(model_inputs, x, name=name or f"video_resnet{depth}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"`weights` must be None, a preset name or a file path or URL. Received: {weights!r}")
+    model = network(depth, stem_type, stage_conv_types, include_top=include_top, input_tensor=input_tensor,
+                    input_shape=input_shape, pooling=pooling, classes=classes,
+                    classifier_activation=classifier_activation, midplanes=midplanes,
+                    width_multiplier=width_multiplier, implementation=implementation, dropout=dropout,
+                    kernel_regularizer=kernel_regularizer, dtype=dtype, name=name)
     if weights is not None:
-        from keras_r21d.weights import load_weights
-
         load_weights(model, os.fspath(weights))
     return model
 
@@ -229,8 +114,6 @@ def _variant_builder(variant):
         name=None,
         **kwargs,
     ):
-        from keras_r21d.weights import is_preset, preset_for_builder
-
         preset = None
         if is_preset(weights):
             preset, input_shape, classes, midplanes = preset_for_builder(
@@ -252,8 +135,6 @@ def _variant_builder(variant):
             **kwargs,
         )
         if preset:
-            from keras_r21d.weights import load_preset
-
             load_preset(model, preset)
         return model
 
@@ -276,10 +157,11 @@ def _variant_builder(variant):
             a preset sets the reading its checkpoint needs.
         name: model name, default `"{variant}_<depth>"`.
         **kwargs: `width_multiplier`, `implementation`, `dropout`,
-            `kernel_regularizer` (see `VideoResNet`).
+            `kernel_regularizer`, `dtype` (see `VideoResNet`).
 
     Returns:
-        A functional `keras.Model`.
+        A `VideoClassifier`, `VideoFeatureExtractor` or `VideoResNetBackbone`
+        (see `VideoResNet`).
 
     Example:
 

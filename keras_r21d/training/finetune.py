@@ -7,40 +7,36 @@ layers, their BatchNorm statistics included, stay bit-identical.
 """
 
 import os
-import re
-
-import keras
 
 from keras_r21d.classes import same_classes
+from keras_r21d.models.backbone import STAGES as BACKBONE_STAGES
+from keras_r21d.models.classifier import VideoClassifier
+from keras_r21d.models.legacy import as_task
+from keras_r21d.models.network import stage_layer_names
 from keras_r21d.models.specs import stem_spans_clip
 
 # Stages in network order: the stem, the four residual stages, the head.
-STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5", "head")
-
-
-def stage_of(layer_name):
-    """The stage a layer belongs to: `"conv1"` (stem) .. `"conv5"`, or `"head"` (pooling, dropout, classifier)."""
-    match = re.match(r"(conv\d)_", layer_name)
-    if match and match.group(1) in STAGES:
-        return match.group(1)
-    return "head"
+STAGES = (*BACKBONE_STAGES, "head")
 
 
 def set_trainable(model, trainable_from):
-    """Freezes every layer before stage `trainable_from` (`"conv1"`..`"conv5"`, `"head"`); the rest trains.
+    """Freezes every stage before `trainable_from` (`"conv1"`..`"conv5"`, `"head"`); the rest trains.
 
-    `trainable_from=None` or `"conv1"` makes the whole model trainable.
-    Returns the names of the frozen layers that have weights.
+    The stages are the backbone's (`VideoResNetBackbone.stage_layer_names`)
+    and the head. `trainable_from=None` or `"conv1"` makes the whole model
+    trainable. Returns the names of the frozen layers that have weights.
     """
     if trainable_from is not None and trainable_from not in STAGES:
         raise ValueError(f"`trainable_from` must be one of {STAGES}. Received: {trainable_from!r}")
     first = STAGES.index(trainable_from or "conv1")
     frozen = []
-    for layer in model.layers:
-        trainable = STAGES.index(stage_of(layer.name)) >= first
-        layer.trainable = trainable
-        if not trainable and layer.weights:
-            frozen.append(layer.name)
+    for stage, names in stage_layer_names(model).items():
+        trainable = STAGES.index(stage) >= first
+        for name in names:
+            layer = model.get_layer(name)
+            layer.trainable = trainable
+            if not trainable and layer.weights:
+                frozen.append(name)
     return frozen
 
 
@@ -108,16 +104,16 @@ def init_model(source, num_classes, frames, description="the source model", keep
             f"clips: use --frames {source_frames}, or a variant that convolves in time (f-R2D, R3D, MCx, rMCx, "
             "R(2+1)D)"
         )
-    config = source.get_config()
-    names = [layer["config"]["name"] for layer in config["layers"]]
-    if "predictions" not in names:
-        raise ValueError(f"{description} has no `predictions` classifier to replace")
-    head = config["layers"][names.index("predictions")]["config"]
-    kept_head = head["units"] == num_classes if keep_head is None else bool(keep_head)
-    if not kept_head:
-        head["units"] = num_classes
-    model = keras.Model.from_config(config)
-    for layer in model.layers:
-        if layer.weights and (layer.name != "predictions" or kept_head):
-            layer.set_weights(source.get_layer(layer.name).get_weights())
+    task = as_task(source)
+    if not isinstance(task, VideoClassifier):
+        raise ValueError(f"{description} has no classifier to replace (it was built without include_top)")
+    kept_head = task.num_classes == num_classes if keep_head is None else bool(keep_head)
+    config = task.get_config()
+    config["num_classes"] = num_classes
+    config["backbone"]["config"]["dtype"] = None  # the run's dtype policy
+    model = VideoClassifier.from_config(config)
+    model.backbone.set_weights(task.backbone.get_weights())
+    if kept_head:
+        for name in task.stage_layer_names()["head"]:
+            model.get_layer(name).set_weights(task.get_layer(name).get_weights())
     return model, kept_head

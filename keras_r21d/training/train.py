@@ -41,6 +41,7 @@ from keras_r21d.training.plots import plot_history
 from keras_r21d.training.recipe import make_optimizer, scaled_learning_rate
 from keras_r21d.training.rundir import RESUMABLE_CHANGES, check_out_dir, read_run_record, resume_differences
 from keras_r21d.training.strategy import DataParallel, is_chief, make_strategy
+from keras_r21d.version import __version__
 
 logger = logging.getLogger("keras_r21d.training")
 
@@ -149,8 +150,6 @@ class TrainConfig:
 
 def versions():
     import cv2
-
-    from keras_r21d import __version__
 
     return {"keras_r21d": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
             "opencv": cv2.__version__, "python": platform.python_version()}

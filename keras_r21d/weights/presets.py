@@ -16,6 +16,9 @@ import tempfile
 import keras
 
 from keras_r21d.data import defaults
+from keras_r21d.models.classifier import VideoClassifier
+from keras_r21d.models.network import variant_network
+from keras_r21d.models.specs import clip_input_shape
 from keras_r21d.weights.convert import ConversionError, convert_state_dict, load_torch_checkpoint
 
 TORCHVISION = "https://download.pytorch.org/models/"
@@ -182,10 +185,8 @@ def download(url, expected_sha256=None, folder=None):
 
 
 def _reference_model(preset):
-    from keras_r21d.models.registry import get_model
-
-    return get_model(f"{preset.variant}_{preset.depth}", input_shape=(None, None, None, 3), classes=preset.classes,
-                     midplanes=preset.midplanes)
+    return variant_network(preset.variant, preset.depth, input_shape=clip_input_shape(preset.frames, preset.variant),
+                           classes=preset.classes, midplanes=preset.midplanes)
 
 
 def converted_weights_path(preset, folder=None):
@@ -250,7 +251,7 @@ def load_file(model, weights, folder=None):
         raise ValueError(f"weights file not found: {weights} (presets: {preset_names()})")
     if weights.endswith(".pth") or weights.endswith(".pt"):
         state = load_torch_checkpoint(weights)
-        if not any(layer.name == "predictions" for layer in model.layers):
+        if not isinstance(model, VideoClassifier):  # features only: the checkpoint's classifier is not needed
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         return convert_state_dict(state, model, weights)
     if weights.endswith(".weights.h5"):
