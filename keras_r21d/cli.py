@@ -263,7 +263,6 @@ def cmd_evaluate(args):
 
 def _calibration_clips(spec, config, count):
     """Normalized test clips of the first videos of a dataset spec, for int8 calibration."""
-    from keras_r21d.data import transforms
     from keras_r21d.data.datasets import load_dataset
     from keras_r21d.data.pipeline import read_test_clips
     from keras_r21d.data.video import VideoDecodeError
@@ -276,7 +275,7 @@ def _calibration_clips(spec, config, count):
         except VideoDecodeError as error:
             print(f"calibration: skipped {path}: {error.reason}", file=sys.stderr)
             continue
-        clips.extend(transforms.eval_transform(raw, config.resize, config.crop, config.mean, config.std).numpy())
+        clips.extend(config.preprocessor(raw).numpy())
         if len(clips) >= count:
             break
     if not clips:

@@ -96,9 +96,7 @@ class Predictor:
         raise ValueError(f"{self.path}: a {self.kind} model has no feature output; use a .keras file or a SavedModel")
 
     def _clips(self, video):
-        clips = read_test_clips(video, self.config)
-        c = self.config
-        return transforms.eval_transform(clips, c.resize, c.crop, c.mean, c.std)
+        return self.config.preprocessor(read_test_clips(video, self.config))
 
 
 class KerasPredictor(Predictor):

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -223,3 +224,36 @@ def test_real_layout_end_to_end(tmp_path):
     assert len(train) == 6
     batch = next(iter(train_dataset(train, 6, CONFIG, seed=0)))
     assert batch[0].shape == (6, 8, 32, 32, 3)
+
+
+def test_one_preprocessor_for_training_evaluation_and_serving():
+    """`ClipConfig.preprocessor` owns the preprocessing: the test-time path is resize, center crop, normalize
+    (the serving graph's `video_clips` runs the same object), the training path a random crop of the same resize,
+    its config round-trips, and bad values are refused by name."""
+    import dataclasses
+
+    from keras_r21d.data import ClipConfig
+    from keras_r21d.data.preprocessor import ClipPreprocessor
+    from keras_r21d.export.graph import video_clips
+
+    config = ClipConfig(clip_len=4, test_clips=2, resize=(40, 53), crop=32, flip=False, mean=(0.5, 0.4, 0.3),
+                        std=(0.2, 0.25, 0.3))
+    preprocessor = config.preprocessor
+    assert preprocessor == ClipPreprocessor((40, 53), 32, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), flip=False)
+    assert ClipPreprocessor.from_config(json.loads(json.dumps(preprocessor.get_config()))) == preprocessor
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (8, 60, 80, 3), dtype=np.uint8)
+    resized = tf.image.resize(video.astype("float32"), (40, 53), method="bilinear", antialias=False).numpy()
+    expected = (resized[:4, 4:36, 10:42] / 255.0 - np.array([0.5, 0.4, 0.3])) / np.array([0.2, 0.25, 0.3])
+    np.testing.assert_allclose(preprocessor(video[:4]).numpy(), expected, atol=1e-4)
+    served = video_clips(video, config).numpy()  # clips start at frames 0 and 4
+    np.testing.assert_allclose(served[0], expected, atol=1e-4)
+    trained = preprocessor(video[:4], training=True, seed=tf.constant([3, 4], tf.int64)).numpy()
+    windows = [(top, left) for top in range(9) for left in range(22)
+               if np.allclose(trained, (resized[:4, top:top + 32, left:left + 32] / 255.0 - (0.5, 0.4, 0.3))
+                              / (0.2, 0.25, 0.3), atol=1e-4)]
+    assert len(windows) == 1  # one random window of the same resized frames, no flip
+    with pytest.raises(ValueError, match="crop"):
+        dataclasses.replace(preprocessor, crop=0)
+    with pytest.raises(ValueError, match="seed"):
+        preprocessor(video[:4], training=True)

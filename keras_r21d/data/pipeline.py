@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_r21d._tensorflow import tf
 from keras_r21d.data import sampling, transforms
+from keras_r21d.data.preprocessor import ClipPreprocessor
 from keras_r21d.data.video import MAX_DECODE_PIXELS, VideoDecodeError, decode_clip, run_with_timeout
 
 logger = logging.getLogger("keras_r21d.data")
@@ -69,6 +70,11 @@ class ClipConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+    @property
+    def preprocessor(self):
+        """The `ClipPreprocessor` of these values: what every path (training, evaluation, serving) runs."""
+        return ClipPreprocessor.from_clip_config(self)
 
 
 class TooManyBadVideos(RuntimeError):
@@ -235,11 +241,11 @@ def train_dataset(dataset, batch_size, config=None, shuffle=True, seed=None, det
     if cache is not None:
         ds = ds.cache(cache)
 
+    preprocessor = config.preprocessor
+
     def augment(frames, index, element_seed):
         pair = tf.stack([element_seed, tf.constant(0x5EED, tf.int64)])
-        clip = transforms.train_transform(
-            frames, pair, config.resize, config.crop, config.flip, config.scale_jitter, config.mean, config.std
-        )
+        clip = preprocessor(frames, training=True, seed=pair)
         clip = tf.ensure_shape(clip, (config.clip_len, config.crop, config.crop, 3))
         return clip, tf.gather(labels, index)
 
@@ -268,10 +274,12 @@ def eval_dataset(dataset, batch_size, config=None, with_video_id=True, determini
     if cache is not None:
         ds = ds.cache(cache)
 
+    preprocessor = config.preprocessor
+
     def to_clips(frames, index):
         shape = tf.shape(frames)
         clips = tf.reshape(frames, (config.test_clips, config.clip_len, shape[1], shape[2], 3))
-        clips = transforms.eval_transform(clips, config.resize, config.crop, config.mean, config.std)
+        clips = preprocessor(clips)
         clips = tf.ensure_shape(clips, (config.test_clips, config.clip_len, config.crop, config.crop, 3))
         label = tf.fill((config.test_clips,), tf.gather(labels, index))
         video = tf.fill((config.test_clips,), tf.cast(index, tf.int32))

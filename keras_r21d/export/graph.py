@@ -2,7 +2,7 @@
 
 `video_clips` is the evaluator's test-time protocol (uniform clips, short
 videos per the clip config's policy, resize, center crop, normalization)
-written with the same `sampling` and `transforms` functions the input
+written with the same `sampling` functions and `ClipPreprocessor` the input
 pipeline uses, so that a served `classify_video` gives the evaluator's
 video-level answer for the same frames.
 """
@@ -10,7 +10,7 @@ video-level answer for the same frames.
 import keras
 
 from keras_r21d._tensorflow import tf
-from keras_r21d.data import sampling, transforms
+from keras_r21d.data import sampling
 from keras_r21d.layers.video_conv import check_implementation
 from keras_r21d.models.classifier import VideoClassifier, VideoFeatureExtractor
 from keras_r21d.models.fold import as_float32, fold_batchnorm
@@ -47,7 +47,7 @@ def video_clips(frames, config, max_pixels=MAX_VIDEO_PIXELS, name="classify_vide
     if config.short_policy == "pad":
         # Index -1 is a black frame, as in the decoder.
         clips = tf.where((indices >= 0)[:, :, None, None, None], clips, tf.zeros_like(clips))
-    clips = transforms.eval_transform(clips, config.resize, config.crop, config.mean, config.std)
+    clips = config.preprocessor(clips)
     return tf.ensure_shape(clips, (config.test_clips, config.clip_len, config.crop, config.crop, 3))
 
 
