@@ -1,5 +1,6 @@
 """`keras-r21d bench` end to end at a toy size: both workers, the table, the JSON."""
 
+import importlib.util
 import json
 import os
 import re
@@ -8,16 +9,20 @@ import sys
 
 import pytest
 
-from keras_r21d.bench import markdown, torch_available
+from keras_r21d.bench import markdown, side_name, torch_available
 
 pytestmark = pytest.mark.slow  # subprocess trainings and long loops: make test, not make test-fast
 
 
 def test_bench_runs_both_sides_and_reports(tmp_path):
+    """Both sides, and keras_r21d on every Keras backend installed here (each worker its own process: torch and
+    TensorFlow never share one)."""
     out = tmp_path / "bench.json"
+    backends = ["tensorflow"] + [name for name in ("jax", "torch") if importlib.util.find_spec(name)]
     result = subprocess.run(
         [sys.executable, "-m", "keras_r21d", "bench", "--models", "r2plus1d_18", "--modes", "infer1,train1",
-         "--reps", "2", "--warmup", "1", "--frames", "4", "--size", "32", "--json", str(out)],
+         "--reps", "2", "--warmup", "1", "--frames", "4", "--size", "32", "--backends", ",".join(backends),
+         "--json", str(out)],
         capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -25,12 +30,19 @@ def test_bench_runs_both_sides_and_reports(tmp_path):
                                                                          ("r2plus1d_18", "train", 1)]
     assert data["peak_gflops"] > 1 and data["pipeline"]["clips_per_second"] > 0
     assert data["memory"]["keras_r21d"] > 100
+    sides = [side_name(backend) for backend in backends]
+    assert data["settings"]["backends"] == backends and sorted(data["gemm_gflops"]) == sorted(
+        sides + (["torchvision"] if torch_available() else []))
     for row in data["rows"]:
-        keras_side = row["keras_r21d"]
-        assert keras_side["clips_per_s"] == row["batch"] / keras_side["median_s"]
-        assert 0 < keras_side["peak_fraction"] < 2
-        if torch_available():
-            assert row["ratio"] == keras_side["clips_per_s"] / row["torchvision"]["clips_per_s"]
+        for name in sides:
+            keras_side = row[name]
+            assert keras_side["clips_per_s"] == row["batch"] / keras_side["median_s"]
+            assert 0 < keras_side["peak_fraction"] < 2
+            if torch_available():
+                ratio = row["ratio" if name == "keras_r21d" else f"ratio_{name.rsplit('_', 1)[1]}"]
+                assert ratio == keras_side["clips_per_s"] / row["torchvision"]["clips_per_s"]
+    if "jax" in backends:
+        assert "keras_r21d (JAX) clips/s" in result.stdout and f"JAX {data['machine']['jax']}" in result.stdout
     assert ("torchvision" in data["rows"][0]) == torch_available()
     assert result.stdout == markdown(data)
     assert "| r2plus1d_18 | train | 1 |" in result.stdout and "Input pipeline:" in result.stdout

@@ -17,13 +17,20 @@ import sys
 
 MODELS = ("r2plus1d_18", "r3d_18", "mc3_18")
 MODES = (("infer", 1), ("infer", 8), ("train", 4))
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def side_name(backend):
+    """A Keras backend's column: `keras_r21d` on TensorFlow (as before backends were compared), else
+    `keras_r21d_jax`, `keras_r21d_torch`."""
+    return "keras_r21d" if backend == "tensorflow" else f"keras_r21d_{backend}"
 
 
 class Worker:
     """A benchmark worker process speaking one JSON object per line."""
 
-    def __init__(self, command, name):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1")
+    def __init__(self, command, name, env=None):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1", **(env or {}))
         self.name = name
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._read()
@@ -56,44 +63,58 @@ def torch_available():
     return probe.returncode == 0
 
 
-def _workers(threads, with_torch, fresh=False):
-    keras_worker = Worker([sys.executable, "-m", "keras_r21d.bench._keras_worker", str(threads)], "keras")
+def keras_worker(threads, backend="tensorflow"):
+    """keras_r21d's worker on one Keras backend."""
+    return Worker([sys.executable, "-m", "keras_r21d.bench._keras_worker", str(threads)], side_name(backend),
+                  env={"KERAS_BACKEND": backend})
+
+
+def _workers(threads, with_torch):
+    keras_worker_ = keras_worker(threads)
     torch_worker = None
     if with_torch:
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_torch_worker.py")
         torch_worker = Worker([sys.executable, script, str(threads)], "torch")
-    return keras_worker, torch_worker
+    return keras_worker_, torch_worker
 
 
 def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size=112, with_torch=None,
-        pipeline=True, memory=True, log=print, fold_batchnorm=True):
+        pipeline=True, memory=True, log=print, fold_batchnorm=True, backends=("tensorflow",)):
     """Runs the benchmark; returns a dict with `rows`, `peak_gflops`, `pipeline`, `memory`, `machine`.
 
-    keras_r21d's inference rows time `fold_batchnorm(model)` (what its
-    exports and `predict` run) unless `fold_batchnorm=False`; torchvision's
-    time the model in eval mode, as it ships.
+    keras_r21d runs on each of `backends` (Keras backends, each in its own
+    worker: TensorFlow's column is `keras_r21d`, the others
+    `keras_r21d_jax`, `keras_r21d_torch`). Its inference rows time
+    `fold_batchnorm(model)` (what its exports and `predict` run) unless
+    `fold_batchnorm=False`; torchvision's time the model in eval mode, as it
+    ships. All the workers of a row alternate repetition by repetition.
     """
+    unknown = [backend for backend in backends if backend not in BACKENDS]
+    if unknown or not backends:
+        raise ValueError(f"backends must be some of {BACKENDS}. Received: {list(backends)}")
     with_torch = torch_available() if with_torch is None else with_torch
-    keras_worker, torch_worker = _workers(threads, with_torch)
+    sides = [(side_name(backend), keras_worker(threads, backend)) for backend in backends]
+    if with_torch:
+        sides.append(("torchvision", _workers(threads, True)[1]))
     result = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                          "threads": threads, **keras_worker.info, **(torch_worker.info if torch_worker else {})},
+                          "threads": threads},
               "settings": {"reps": reps, "warmup": warmup, "frames": frames, "size": size,
-                           "fold_batchnorm": fold_batchnorm}, "rows": []}
+                           "fold_batchnorm": fold_batchnorm, "backends": list(backends)}, "rows": []}
+    for _, worker in sides:
+        result["machine"].update({k: v for k, v in worker.info.items() if k not in ("ready", "backend")})
     try:
-        peaks = [keras_worker.ask(op="gemm", n=4096, reps=5)["gflops"]]
-        if torch_worker:
-            peaks.append(torch_worker.ask(op="gemm", n=4096, reps=5)["gflops"])
-        result["peak_gflops"] = max(peaks)
-        result["gemm_gflops"] = {"tensorflow": peaks[0], "torch": peaks[1] if torch_worker else None}
-        log(f"fp32 GEMM peak: {result['peak_gflops']:.0f} GFLOP/s (TensorFlow {peaks[0]:.0f}"
-            + (f", PyTorch {peaks[1]:.0f})" if torch_worker else ")"))
+        result["gemm_gflops"] = {name: worker.ask(op="gemm", n=4096, reps=5)["gflops"] for name, worker in sides}
+        result["peak_gflops"] = max(result["gemm_gflops"].values())
+        log(f"fp32 GEMM peak: {result['peak_gflops']:.0f} GFLOP/s ("
+            + ", ".join(f"{name} {value:.0f}" for name, value in result["gemm_gflops"].items()) + ")")
         for model in models:
             for mode, batch in modes:
                 setup = dict(op="setup", model=model, mode=mode, batch=batch, frames=frames, size=size)
-                stats = keras_worker.ask(**setup, fold_batchnorm=fold_batchnorm and mode == "infer")
-                sides = [("keras_r21d", keras_worker)] + ([("torchvision", torch_worker)] if torch_worker else [])
-                if torch_worker:
-                    torch_worker.ask(**setup)
+                stats = None
+                for name, worker in sides:
+                    answer = worker.ask(**setup, **({} if name == "torchvision" else
+                                                    {"fold_batchnorm": fold_batchnorm and mode == "infer"}))
+                    stats = stats or answer
                 times = {name: [] for name, _ in sides}
                 for rep in range(warmup + reps):
                     for name, worker in (sides if rep % 2 == 0 else sides[::-1]):
@@ -107,24 +128,25 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
                     row[name] = {"median_s": median, "clips_per_s": batch / median,
                                  "gflops_per_s": flops * batch / median / 1e9,
                                  "peak_fraction": flops * batch / median / 1e9 / result["peak_gflops"]}
-                if torch_worker:
-                    row["ratio"] = row["keras_r21d"]["clips_per_s"] / row["torchvision"]["clips_per_s"]
+                if with_torch:
+                    for name, _ in sides[:-1]:
+                        key = "ratio" if name == "keras_r21d" else f"ratio_{name.rsplit('_', 1)[1]}"
+                        row[key] = row[name]["clips_per_s"] / row["torchvision"]["clips_per_s"]
                 result["rows"].append(row)
                 log(_row_text(row))
     finally:
-        keras_worker.close()
-        if torch_worker:
-            torch_worker.close()
-    if memory:
+        for _, worker in sides:
+            worker.close()
+    if memory and "tensorflow" in backends:
         result["memory"] = _memory(threads, frames, size, with_torch)
         log(f"peak RSS, R(2+1)D-18 training step at batch 8: {result['memory']}")
-    if pipeline:
-        keras_worker, _ = _workers(threads, False)
+    if pipeline and "tensorflow" in backends:
+        worker = keras_worker(threads)
         try:
-            result["pipeline"] = keras_worker.ask(op="pipeline", videos=16, video_frames=150, frames=frames,
-                                                  size=size, batch=8, steps=12)
+            result["pipeline"] = worker.ask(op="pipeline", videos=16, video_frames=150, frames=frames,
+                                            size=size, batch=8, steps=12)
         finally:
-            keras_worker.close()
+            worker.close()
         log(f"input pipeline: {result['pipeline']['clips_per_second']:.1f} training clips/s")
     return result
 
@@ -147,33 +169,46 @@ def _memory(threads, frames, size, with_torch):
     return memory
 
 
+def _sides(row):
+    return [name for name in row if name == "torchvision" or name.startswith("keras_r21d")]
+
+
 def _row_text(row):
-    keras_side = row["keras_r21d"]
-    text = (f"| {row['model']} | {row['mode']} | {row['batch']} | {keras_side['clips_per_s']:.2f} | "
-            f"{keras_side['gflops_per_s']:.0f} ({100 * keras_side['peak_fraction']:.0f}%) |")
+    text = f"| {row['model']} | {row['mode']} | {row['batch']} |"
+    for name in _sides(row):
+        side = row[name]
+        text += f" {side['clips_per_s']:.2f} | {side['gflops_per_s']:.0f} ({100 * side['peak_fraction']:.0f}%) |"
     if "torchvision" in row:
-        torch_side = row["torchvision"]
-        text += (f" {torch_side['clips_per_s']:.2f} | {torch_side['gflops_per_s']:.0f} "
-                 f"({100 * torch_side['peak_fraction']:.0f}%) | {row['ratio']:.2f} |")
+        text += "".join(f" {row['ratio' if name == 'keras_r21d' else 'ratio_' + name.rsplit('_', 1)[1]]:.2f} |"
+                        for name in _sides(row) if name != "torchvision")
     return text
 
 
+_TITLES = {"keras_r21d": "keras_r21d", "keras_r21d_jax": "keras_r21d (JAX)", "keras_r21d_torch": "keras_r21d (torch)",
+           "torchvision": "torchvision"}
+
+
 def markdown(result):
-    torch_side = any("torchvision" in row for row in result["rows"])
+    sides = _sides(result["rows"][0]) if result["rows"] else ["keras_r21d"]
+    torch_side = "torchvision" in sides
     machine = result["machine"]
+    backends = result["settings"].get("backends", ["tensorflow"])
+    versions = [f"Keras {machine.get('keras')} on " + ", ".join(
+        f"{ {'tensorflow': 'TensorFlow', 'jax': 'JAX', 'torch': 'PyTorch'}[b]} {machine.get(b)}" for b in backends)]
+    if torch_side:
+        versions.append(f"torchvision {machine.get('torchvision')} on PyTorch {machine.get('torch')}")
     lines = [f"{machine['processor']}, {machine['cpus']} CPUs, {machine['threads']} threads each side; "
-             f"TensorFlow {machine.get('tensorflow')}, Keras {machine.get('keras')}"
-             + (f", PyTorch {machine.get('torch')}, torchvision {machine.get('torchvision')}" if torch_side else "")
+             + "; ".join(versions)
              + f"; {result['settings']['frames']}x{result['settings']['size']}x{result['settings']['size']} clips; "
              f"median of {result['settings']['reps']} after {result['settings']['warmup']} warm-up, alternating; "
              f"fp32 peak (GEMM) {result['peak_gflops']:.0f} GFLOP/s; keras_r21d inference "
              + ("with BatchNorm folded (`fold_batchnorm`)" if result["settings"].get("fold_batchnorm", True)
                 else "with BatchNorm layers as trained (`--keep-batchnorm`)"), ""]
-    header = "| model | mode | batch | keras_r21d clips/s | keras GFLOP/s (% peak) |"
-    rule = "|---|---|---:|---:|---:|"
+    header = "| model | mode | batch |" + "".join(f" {_TITLES[name]} clips/s | GFLOP/s (% peak) |" for name in sides)
+    rule = "|---|---|---:|" + "---:|---:|" * len(sides)
     if torch_side:
-        header += " torchvision clips/s | torchvision GFLOP/s (% peak) | keras / torchvision |"
-        rule += "---:|---:|---:|"
+        header += "".join(f" {_TITLES[name]} / torchvision |" for name in sides if name != "torchvision")
+        rule += "---:|" * (len(sides) - 1)
     lines += [header, rule] + [_row_text(row) for row in result["rows"]]
     if "memory" in result:
         lines += ["", "Peak RSS, R(2+1)D-18 training step at batch 8 (MB): "
@@ -200,6 +235,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--backends", default="tensorflow",
+                        help="Keras backends to run keras_r21d on, comma-separated: tensorflow, jax, torch "
+                             "(each in its own worker; the pipeline and memory figures are TensorFlow's)")
     parser.add_argument("--no-torch", action="store_true", help="keras_r21d only")
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
@@ -217,7 +255,7 @@ def main(argv=None):
                  threads=args.threads, frames=args.frames, size=args.size,
                  with_torch=False if args.no_torch else None, pipeline=not args.no_pipeline,
                  memory=not args.no_memory, log=lambda text: print(text, file=sys.stderr, flush=True),
-                 fold_batchnorm=not args.keep_batchnorm)
+                 fold_batchnorm=not args.keep_batchnorm, backends=tuple(args.backends.split(",")))
     print(markdown(result), end="")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

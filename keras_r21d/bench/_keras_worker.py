@@ -1,11 +1,12 @@
 """keras_r21d side of `keras-r21d bench`: the protocol of `_protocol.py`, as `_torch_worker.py`.
 
-    python -m keras_r21d.bench._keras_worker THREADS
+    KERAS_BACKEND=tensorflow|jax|torch python -m keras_r21d.bench._keras_worker THREADS
 
 Extra commands: `setup` takes `implementation`, `width_multiplier`,
 `fold_batchnorm` (inference of `keras_r21d.fold_batchnorm(model)`) and
-`jit_compile` (XLA); `pipeline` times the
-training input pipeline on real encoded videos.
+`jit_compile` (XLA, TensorFlow); `pipeline` (TensorFlow) times the
+training input pipeline on real encoded videos. On JAX and PyTorch the
+worker imports no TensorFlow: torch and TensorFlow must not share a process.
 """
 
 import functools
@@ -14,13 +15,14 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _pipeline(command):
     """Training clips/s of `train_dataset` over freshly written 320x240 videos."""
     import cv2
-    import numpy as np
 
     from keras_r21d.data import ClipConfig, load_dataset, train_dataset
     from keras_r21d.data.synthetic import write_video
@@ -85,13 +87,53 @@ def _profile(run, steps):
     return {"ops": ops, "wall_s": wall}
 
 
-def main(threads):
-    import keras
-    import numpy as np
-    import tensorflow as tf
+def _pin_threads(backend, threads):
+    """The backend's compute on `threads` threads (as the torchvision side), before it starts."""
+    if backend == "jax":
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=true "
+                                   f"intra_op_parallelism_threads={threads}").strip()
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    elif backend == "torch":
+        import torch
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(1)
+    else:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _compiled_forward(model, backend, jit_compile):
+    """The model's inference call, compiled as each backend compiles it: a `tf.function` on TensorFlow, `jax.jit`
+    of the stateless call on JAX (the weights as arguments, as `predict` runs it), eager under no_grad on torch."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        forward = tf.function(functools.partial(model, training=False), jit_compile=jit_compile)
+        return lambda x: forward(x).numpy()
+    if backend == "jax":
+        import jax
+
+        state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+        call = jax.jit(lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x,
+                                                                                training=False)[0])
+        return lambda x: np.asarray(call(*state, x))
+    import torch
+
+    def forward(x):
+        with torch.no_grad():
+            return model(x, training=False).cpu().numpy()
+
+    return forward
+
+
+def main(threads):
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    _pin_threads(backend, threads)
+    import keras
+
     import keras_r21d
     from keras_r21d.bench._protocol import serve
 
@@ -107,14 +149,13 @@ def main(threads):
         if command["mode"] == "infer":
             if command.get("fold_batchnorm"):
                 model = keras_r21d.fold_batchnorm(model)
-            forward = tf.function(functools.partial(model, training=False),
-                                  jit_compile=bool(command.get("jit_compile")))
+            forward = _compiled_forward(model, backend, bool(command.get("jit_compile")))
 
             def run():
-                forward(x).numpy()
+                forward(x)
         else:
             model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy",
-                          jit_compile=bool(command.get("jit_compile")))
+                          jit_compile=bool(command.get("jit_compile")) if backend == "tensorflow" else "auto")
 
             def run():
                 model.train_on_batch(x, y)
@@ -123,11 +164,19 @@ def main(threads):
         return run, {"ok": True, "macs": stats["macs"], "trainable_params": stats["trainable_params"]}
 
     def gemm(n):
-        a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
-        return lambda: tf.linalg.matmul(a, b).numpy()
+        a = keras.random.normal((n, n), seed=1)
+        b = keras.random.normal((n, n), seed=2)
+        return lambda: keras.ops.convert_to_numpy(keras.ops.matmul(a, b))
 
-    serve({"tensorflow": tf.__version__, "keras": keras.__version__}, setup, gemm, {"pipeline": _pipeline},
-          profile=_profile)
+    versions = {"keras": keras.__version__, "backend": backend}
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    else:
+        versions[backend] = __import__(backend).__version__
+    extra = {"pipeline": _pipeline} if backend == "tensorflow" else {}
+    serve(versions, setup, gemm, extra, profile=_profile if backend == "tensorflow" else None)
 
 
 if __name__ == "__main__":
