@@ -11,6 +11,7 @@ Serving clients).
 """
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
@@ -103,7 +104,7 @@ class KerasPredictor(Predictor):
     kind = "keras"
 
     def __init__(self, path, clips=None, frames=None, size=None, max_pixels=MAX_DECODE_PIXELS):
-        from keras_r21d.export.graph import feature_model, folded, probabilities_fn
+        from keras_r21d.export.graph import feature_model, folded, pooling_layer_name, probabilities_fn
         from keras_r21d.training.evaluation import load_model, run_record, test_clip_config
 
         model = load_model(path)
@@ -111,19 +112,24 @@ class KerasPredictor(Predictor):
         config = dataclasses.replace(test_clip_config(model, record, clips or 10, frames, size), max_pixels=max_pixels)
         names = record.get("class_names") or [f"class_{i}" for i in range(model.output_shape[-1])]
         super().__init__(path, config, names)
-        self._source = model
+        try:
+            pooling, self._no_features = pooling_layer_name(model), None
+        except ValueError as error:
+            pooling, self._no_features = None, error
         model = folded(model)  # the same function, faster: BatchNorms folded into the convolutions
         self.model = model
         self._probabilities = model_function(probabilities_fn(model))
         self._features = None
-        self._feature_model = feature_model
+        self._feature_model = functools.partial(feature_model, pooling=pooling)
 
     def _clip_probabilities(self, clips):
         return _batched(self._probabilities, clips)
 
     def clip_features(self, video):
+        if self._no_features is not None:
+            raise ValueError(f"{self.path}: {self._no_features}")
         if self._features is None:
-            features = self._feature_model(self.model, self._source)
+            features = self._feature_model(self.model)
             self._features = model_function(lambda c: features(c, training=False))
         return _batched(self._features, self._clips(video))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import keras_r21d
-from keras_r21d.export.graph import feature_model
+from keras_r21d.export.graph import feature_model, pooling_layer_name
 from keras_r21d.models.backbone import VideoResNetBackbone
 from keras_r21d.models.classifier import VideoClassifier, VideoFeatureExtractor
 from keras_r21d.models.legacy import as_task, upgrade
@@ -184,7 +184,10 @@ def test_features_of_a_folded_copy_are_the_tasks():
     clips = _clips()
     expected = np.asarray(feature_model(model)(clips, training=False))
     assert expected.shape == (2, 64)
-    np.testing.assert_allclose(np.asarray(feature_model(folded, model)(clips)), expected, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(feature_model(folded, pooling_layer_name(model))(clips)), expected,
+                               atol=1e-4)
+    old = keras.models.load_model(os.path.join(OLD, "r3d.keras"), safe_mode=True)  # 0.1.0's, read by models.legacy
+    assert pooling_layer_name(old) == "avg_pool" and feature_model(old).output_shape == (None, 32)
 
 
 def test_a_task_file_loads_with_plain_keras_after_import_keras_r21d(tmp_path):
@@ -201,3 +204,24 @@ def test_a_task_file_loads_with_plain_keras_after_import_keras_r21d(tmp_path):
     result = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.stdout.strip() == "VideoFeatureExtractor VideoResNetBackbone (None, 64)", result.stderr[-2000:]
+
+
+def test_a_0_1_0_model_file_gives_its_features_through_the_predictor(tmp_path):
+    """`extract` on a 0.1.0 file: the predictor folds the model and pools where the task pools (found by
+    models.legacy without building the task); a backbone without pooling says so, naming the file."""
+    from keras_r21d.inference import KerasPredictor
+    from tests.videos import moving_frames, write_opencv
+
+    video = str(tmp_path / "v.avi")
+    write_opencv(video, moving_frames(12, 40, 40))
+    path = os.path.join(OLD, "mc3.keras")
+    predictor = KerasPredictor(path, clips=2, frames=4, size=32)
+    features = predictor.clip_features(video)
+    clips = predictor._clips(video)
+    expected = feature_model(keras.models.load_model(path, safe_mode=True))(clips, training=False)
+    assert features.shape == (2, 32)
+    np.testing.assert_allclose(features, np.asarray(expected), atol=1e-4)
+    bare = str(tmp_path / "bare.keras")
+    keras_r21d.R3D(10, include_top=False, input_shape=(4, 32, 32, 3), width_multiplier=0.125).save(bare)
+    with pytest.raises(ValueError, match=f"{bare}: .*conv5 feature maps"):
+        KerasPredictor(bare, clips=2).clip_features(video)

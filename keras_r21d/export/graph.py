@@ -12,9 +12,10 @@ import keras
 from keras_r21d._tensorflow import tf
 from keras_r21d.data import sampling
 from keras_r21d.layers.video_conv import check_implementation
+from keras_r21d.models import legacy
+from keras_r21d.models.backbone import VideoResNetBackbone
 from keras_r21d.models.classifier import VideoClassifier, VideoFeatureExtractor
 from keras_r21d.models.fold import as_float32, fold_batchnorm
-from keras_r21d.models.legacy import as_task
 
 # Largest video `classify_video` accepts by default: frames x height x width
 # (2**28 pixels, e.g. 116 s of 320x240 at 30 fps; 805 MB of uint8 RGB).
@@ -78,25 +79,32 @@ def probabilities_fn(model):
     return probabilities
 
 
-def feature_model(model, source=None):
-    """The network up to the global pooling: `(N, T, H, W, 3) -> (N, features)`.
-
-    The pooling is the task's (`VideoClassifier.pooler`; a
-    `VideoFeatureExtractor` ends there). `source`: the task `model` is a copy
-    of, when `model` is its folded or float32 copy (`fold_batchnorm`,
-    `as_float32` keep the layer names). 0.1.0's models are read as their task
-    first (`keras_r21d.models.legacy`).
-    """
+def pooling_layer_name(model):
+    """The name of the layer where a model of the family pools its conv5 features (a task's `pooler`; 0.1.0's
+    read by `models.legacy`); a `ValueError` when it has none."""
+    if isinstance(model, (VideoClassifier, VideoFeatureExtractor)):
+        return model.pooler.name
     try:
-        task = as_task(model if source is None else source)
+        name = None if isinstance(model, VideoResNetBackbone) else legacy.pooling_layer_name(model)
     except ValueError as error:
         raise ValueError(f"cannot extract features: {error}") from None
-    if not isinstance(task, (VideoClassifier, VideoFeatureExtractor)):
+    if name is None:
         raise ValueError(
             f"model {model.name!r} ends in conv5 feature maps, not pooled features: build it with include_top=True "
             "or pooling='avg'/'max' to extract features"
         )
-    return keras.Model(model.inputs[0], model.get_layer(task.pooler.name).output, name=f"{model.name}_features")
+    return name
+
+
+def feature_model(model, pooling=None):
+    """The network up to the global pooling: `(N, T, H, W, 3) -> (N, features)`.
+
+    `pooling`: the pooling layer's name (`pooling_layer_name(task)`) when
+    `model` is a task's folded or float32 copy (`fold_batchnorm`,
+    `as_float32` keep the layer names); by default `model`'s own.
+    """
+    name = pooling or pooling_layer_name(model)
+    return keras.Model(model.inputs[0], model.get_layer(name).output, name=f"{model.name}_features")
 
 
 def folded(model):

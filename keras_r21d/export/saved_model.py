@@ -58,7 +58,7 @@ def _serving_fns(model, config, class_names, top_k, max_pixels, source):
     """The three signature functions and the lookup table they need (`model`: `source`'s serving copy)."""
     probabilities = graph.probabilities_fn(model)
     shape = model.input_shape[1:]
-    features = graph.feature_model(model, source)
+    features = graph.feature_model(model, graph.pooling_layer_name(source))
     table = _class_table(class_names)
 
     def top(probs):

@@ -95,6 +95,14 @@ def upgrade(model):
     return task
 
 
+def pooling_layer_name(model):
+    """The name of the global pooling layer of a plain functional model of the family (without building its
+    task), or `None` when it ends in conv5 feature maps."""
+    backbone_config(model)  # a network of the family, or the error that says it is not
+    names = {layer.name for layer in model.layers}
+    return next((name for name in ("avg_pool", "max_pool") if name in names), None)
+
+
 def as_task(model):
     """`model` itself if it is a keras_r21d task or backbone, else `upgrade(model)`."""
     if isinstance(model, (_VideoTask, VideoResNetBackbone)):
