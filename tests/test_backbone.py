@@ -36,7 +36,7 @@ def test_the_backbone_config_is_its_arguments():
         "stage_blocks": [1, 2, 1, 1], "stage_filters": [8, 16, 32, 64], "block_type": "bottleneck",
         "stem_filters": 8, "stem_midplanes": 6, "midplanes": "torchvision", "bn_epsilon": 1e-5,
         "implementation": "conv2d", "kernel_regularizer": keras.regularizers.serialize(arguments["kernel_regularizer"]),
-        "clip_shape": [4, None, None, 3], "dtype": None, "frozen_layers": [],
+        "clip_shape": [4, None, None, 3], "dtype": "float32", "frozen_layers": [],
     }
     again = VideoResNetBackbone.from_config(config)
     assert again.get_config() == config
@@ -119,7 +119,7 @@ def test_a_task_file_loads_as_its_class_with_its_outputs_and_frozen_stages(tmp_p
                                atol=1e-6)
 
 
-def test_a_mixed_precision_network_by_argument_leaves_the_global_policy_alone():
+def test_a_mixed_precision_network_by_argument_leaves_the_global_policy_alone(tmp_path):
     before = keras.config.dtype_policy().name
     model = keras_r21d.R3D(10, input_shape=(4, 32, 32, 3), classes=3, width_multiplier=0.125, dtype="mixed_bfloat16")
     assert keras.config.dtype_policy().name == before == "float32"
@@ -127,6 +127,16 @@ def test_a_mixed_precision_network_by_argument_leaves_the_global_policy_alone():
     assert model.get_layer("predictions").dtype_policy.name == "float32"  # the softmax and loss in float32
     assert model.backbone.get_config()["dtype"] == "mixed_bfloat16"
     assert keras.ops.convert_to_numpy(model(_clips())).dtype == np.float32
+    # Built under a global mixed policy (as train() does), the network records it and reloads mixed.
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        under_global = keras_r21d.MC3(10, input_shape=(4, 32, 32, 3), classes=3, width_multiplier=0.125)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    under_global.save(str(tmp_path / "mixed.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "mixed.keras"), safe_mode=True)
+    assert loaded.get_layer("conv2_block1").dtype_policy.name == "mixed_bfloat16"
+    assert loaded.get_layer("predictions").dtype_policy.name == "float32"
 
 
 @pytest.mark.parametrize("name", sorted(n[:-6] for n in os.listdir(OLD) if n.endswith(".keras")))

@@ -1,5 +1,8 @@
-"""`--mixed-precision`: mixed_bfloat16 on a CPU (mixed_float16 on GPUs), on TensorFlow and JAX: the learning run
-still learns, and the saved model's float32 copy (what folding and the exports serve) agrees with it."""
+"""`--mixed-precision`: mixed_bfloat16 on a CPU (mixed_float16 on GPUs), on TensorFlow and JAX: the run records
+and restores the policy, the saved model computes in bfloat16 on float32 variables, and its float32 copy (what
+folding and the exports serve) agrees with it. On TensorFlow the whole learning run still learns; on JAX a
+3-epoch run checks the same mechanics (JAX's float32 learning run is tests/test_train_backends.py; its mixed
+15-epoch run cost 163 s of make test)."""
 
 import json
 import os
@@ -28,13 +31,14 @@ def data(tmp_path_factory):
     return make_synthetic_dataset(str(root), classes=4, videos_per_class=VIDEOS_PER_CLASS, seed=0)
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_mixed_bfloat16_learns_and_its_float32_copy_agrees(backend, data, tmp_path):
+@pytest.mark.parametrize("backend, epochs", [("tensorflow", None), ("jax", 3)])
+def test_mixed_bfloat16_learns_and_its_float32_copy_agrees(backend, epochs, data, tmp_path):
     if backend == "jax":
         needs("jax")
     run = tmp_path / "run"
     env = {**os.environ, "KERAS_BACKEND": backend, "CI": "1"}
-    result = subprocess.run([sys.executable, WORKER, data, str(run), "--mixed-precision"], capture_output=True,
+    result = subprocess.run([sys.executable, WORKER, data, str(run), "--mixed-precision"]
+                            + (["--epochs", str(epochs)] if epochs else []), capture_output=True,
                             text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
@@ -43,7 +47,9 @@ def test_mixed_bfloat16_learns_and_its_float32_copy_agrees(backend, data, tmp_pa
     assert record["dtype_policy"] == "mixed_bfloat16"  # no GPU here: bfloat16, no loss scaling
     chance = 1 / 4
     report = answer["report"]
-    assert report["videos"] == len(load_dataset(data, "test")) and report["video_top1"] >= 1.6 * chance, answer
+    assert report["videos"] == len(load_dataset(data, "test"))
+    if epochs is None:  # the recipe's 15 epochs
+        assert report["video_top1"] >= 1.6 * chance, answer
 
     # The saved model computes in bfloat16 with float32 variables; its float32 copy is the network it serves.
     model = keras.saving.load_model(str(run / "model.keras"), compile=False)
@@ -53,7 +59,13 @@ def test_mixed_bfloat16_learns_and_its_float32_copy_agrees(backend, data, tmp_pa
     test_set = load_dataset(data, "test")
     mixed, labels, videos = predict_clips(model, test_set, config)
     full, _, _ = predict_clips(as_float32(model), test_set, config)
-    assert np.abs(mixed - full).max() <= 0.05  # bfloat16 keeps 8 bits of mantissa: probabilities within 0.05
-    agree = (video_predictions(mixed, labels, videos)[0].argmax(1) == video_predictions(full, labels, videos)[0]
-             .argmax(1)).mean()
-    assert agree >= 0.9
+    error = np.abs(mixed - full).max()
+    assert error <= 0.05  # bfloat16 keeps 8 bits of mantissa: probabilities within 0.05
+    mixed_videos, full_videos = (video_predictions(p, labels, videos)[0] for p in (mixed, full))
+    agree = (mixed_videos.argmax(1) == full_videos.argmax(1)).mean()
+    if epochs is None:
+        assert agree >= 0.9
+    # A video whose float32 top-2 margin exceeds twice the largest error cannot change its answer.
+    top2 = np.sort(full_videos, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * error
+    assert clear.mean() >= 0.5 and (mixed_videos.argmax(1) == full_videos.argmax(1))[clear].all()

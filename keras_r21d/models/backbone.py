@@ -98,7 +98,8 @@ class VideoResNetBackbone(keras.Model):
             size (not the frames of a `"clip"` stem).
         input_tensor: optional tensor to use as the input (not part of the
             config: a backbone rebuilt from its config takes a new input).
-        dtype: dtype policy of every layer (`None`: the global policy).
+        dtype: dtype policy of every layer (`None`: the global policy, recorded
+            in the config as the policy it was).
         **kwargs: `name`, `trainable`.
 
     Example:
@@ -145,7 +146,9 @@ class VideoResNetBackbone(keras.Model):
         if midplanes not in MIDPLANES:
             raise ValueError(f"`midplanes` must be one of {MIDPLANES}. Received: midplanes={midplanes!r}")
         check_implementation(implementation)
-        policy = keras.dtype_policies.get(dtype) if dtype is not None else None
+        # The policy in force (the global one when `dtype` is None) is recorded: a network built under
+        # mixed_bfloat16 reloads as one, as a functional model's layer configs did.
+        policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
         inputs, source = clip_input(clip_shape, input_tensor, stem_type)
         stage_outputs, stage_layer_names = {}, {}
 
@@ -204,7 +207,7 @@ class VideoResNetBackbone(keras.Model):
         self.implementation = implementation
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.clip_shape = tuple(inputs.shape[1:])
-        self.dtype_arg = None if policy is None else policy.name
+        self.dtype_arg = policy.name
         self.stage_outputs = stage_outputs
         self.stage_layer_names = stage_layer_names
 

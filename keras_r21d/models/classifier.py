@@ -35,7 +35,7 @@ class _VideoTask(keras.Model):
             raise ValueError(
                 f"`backbone` must be a keras_r21d VideoResNetBackbone. Received: {type(backbone).__name__}"
             )
-        return backbone.dtype_policy if backbone.dtype_arg is None else keras.dtype_policies.get(backbone.dtype_arg)
+        return keras.dtype_policies.get(backbone.dtype_arg)
 
     def stage_layer_names(self):
         """`{stage: layer names}` for `"conv1"`..`"conv5"` (the backbone's) and `"head"` (the rest)."""
