@@ -15,14 +15,11 @@ from keras_r21d.models.classifier import VideoClassifier, VideoFeatureExtractor
 from keras_r21d.models.legacy import as_task, upgrade
 from keras_r21d.models.network import backbone_arguments, backbone_of, stage_layer_names
 from keras_r21d.models.specs import VARIANTS
-from tests.test_case import with_batchnorm_statistics
+from tests.test_case import random_clip, with_batchnorm_statistics
 
 OLD = os.path.join(os.path.dirname(__file__), "data", "v0_1_0", "models")
+CLIPS = (2, 4, 32, 32, 3)
 SMALL = dict(stem_filters=8, stem_midplanes=6, stage_filters=(8, 16, 32, 64), stage_blocks=(1, 2, 1, 1))
-
-
-def _clips(shape=(2, 4, 32, 32, 3), seed=0):
-    return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
 
 def test_the_backbone_config_is_its_arguments():
@@ -41,7 +38,7 @@ def test_the_backbone_config_is_its_arguments():
     again = VideoResNetBackbone.from_config(config)
     assert again.get_config() == config
     again.set_weights(backbone.get_weights())
-    clips = _clips()
+    clips = random_clip(CLIPS)
     np.testing.assert_allclose(np.asarray(again(clips)), np.asarray(backbone(clips)), atol=1e-6)
     # The blocks are the tables: conv type, width (bottleneck: 4x out), count per stage.
     kinds = [(layer.conv_type, layer.filters, layer.out_channels) for layer in backbone.layers
@@ -57,7 +54,7 @@ def test_stage_outputs_are_each_stages_output():
     assert shapes == {"conv1": (None, 8, 32, 32, 8), "conv2": (None, 8, 32, 32, 8), "conv3": (None, 4, 16, 16, 16),
                       "conv4": (None, 2, 8, 8, 32), "conv5": (None, 1, 4, 4, 64)}
     assert backbone.stage_outputs["conv5"] is backbone.output
-    clips = _clips((1, 8, 64, 64, 3))
+    clips = random_clip((1, 8, 64, 64, 3))
     stages = keras.Model(backbone.input, backbone.stage_outputs)(clips)
     conv3 = keras.Model(backbone.input, backbone.get_layer("conv3_block2").output)(clips)
     np.testing.assert_allclose(np.asarray(stages["conv3"]), np.asarray(conv3), atol=1e-6)
@@ -68,6 +65,7 @@ def test_stage_outputs_are_each_stages_output():
     (dict(stage_conv_types=("3d",) * 3), "stage_conv_types"),
     (dict(stage_blocks=(1, 0, 1, 1)), "stage_blocks"),
     (dict(stage_filters=(8, 16, 32, 64.0)), "stage_filters"),
+    (dict(stem_midplanes=0), "`stem_midplanes` must be a positive integer"),
     (dict(block_type="wide"), "block_type"),
     (dict(midplanes="vmz"), "midplanes"),
     (dict(stem_type="clip", clip_shape=(None, 32, 32, 3)), "clip length"),
@@ -114,7 +112,7 @@ def test_a_task_file_loads_as_its_class_with_its_outputs_and_frozen_stages(tmp_p
     assert loaded.get_config() == model.get_config() and loaded.dropout == 0.3
     assert [layer.name for layer in loaded.layers if not layer.trainable] == ["conv1_conv", "conv2_block1",
                                                                               "predictions"]
-    clips = _clips((2, 6, 40, 40, 3))
+    clips = random_clip((2, 6, 40, 40, 3))
     np.testing.assert_allclose(np.asarray(loaded(clips, training=False)), np.asarray(model(clips, training=False)),
                                atol=1e-6)
 
@@ -126,7 +124,7 @@ def test_a_mixed_precision_network_by_argument_leaves_the_global_policy_alone(tm
     assert model.get_layer("conv2_block1").dtype_policy.name == "mixed_bfloat16"
     assert model.get_layer("predictions").dtype_policy.name == "float32"  # the softmax and loss in float32
     assert model.backbone.get_config()["dtype"] == "mixed_bfloat16"
-    assert keras.ops.convert_to_numpy(model(_clips())).dtype == np.float32
+    assert keras.ops.convert_to_numpy(model(random_clip(CLIPS))).dtype == np.float32
     # Built under a global mixed policy (as train() does), the network records it and reloads mixed.
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
@@ -191,7 +189,7 @@ def test_features_of_a_folded_copy_are_the_tasks():
         np.random.default_rng(2))
     folded = keras_r21d.fold_batchnorm(model)
     assert type(folded) is not VideoClassifier  # a plain graph: BatchNorms folded away
-    clips = _clips()
+    clips = random_clip(CLIPS)
     expected = np.asarray(feature_model(model)(clips, training=False))
     assert expected.shape == (2, 64)
     np.testing.assert_allclose(np.asarray(feature_model(folded, pooling_layer_name(model))(clips)), expected,

@@ -69,13 +69,15 @@ def keras_worker(threads, backend="tensorflow"):
                   env={"KERAS_BACKEND": backend})
 
 
-def _workers(threads, with_torch):
-    keras_worker_ = keras_worker(threads)
-    torch_worker = None
-    if with_torch:
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_torch_worker.py")
-        torch_worker = Worker([sys.executable, script, str(threads)], "torch")
-    return keras_worker_, torch_worker
+def torchvision_worker(threads):
+    """torchvision's worker (a script: it must not import this package, which may load TensorFlow)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_torch_worker.py")
+    return Worker([sys.executable, script, str(threads)], "torch")
+
+
+def ratio_key(name):
+    """The row key of a keras_r21d column's speed over torchvision's: `ratio` (TensorFlow), `ratio_jax`, ..."""
+    return "ratio" if name == "keras_r21d" else f"ratio_{name.rsplit('_', 1)[1]}"
 
 
 def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size=112, with_torch=None,
@@ -95,7 +97,7 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
     with_torch = torch_available() if with_torch is None else with_torch
     sides = [(side_name(backend), keras_worker(threads, backend)) for backend in backends]
     if with_torch:
-        sides.append(("torchvision", _workers(threads, True)[1]))
+        sides.append(("torchvision", torchvision_worker(threads)))
     result = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                           "threads": threads},
               "settings": {"reps": reps, "warmup": warmup, "frames": frames, "size": size,
@@ -130,8 +132,7 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
                                  "peak_fraction": flops * batch / median / 1e9 / result["peak_gflops"]}
                 if with_torch:
                     for name, _ in sides[:-1]:
-                        key = "ratio" if name == "keras_r21d" else f"ratio_{name.rsplit('_', 1)[1]}"
-                        row[key] = row[name]["clips_per_s"] / row["torchvision"]["clips_per_s"]
+                        row[ratio_key(name)] = row[name]["clips_per_s"] / row["torchvision"]["clips_per_s"]
                 result["rows"].append(row)
                 log(_row_text(row))
     finally:
@@ -155,17 +156,14 @@ def _memory(threads, frames, size, with_torch):
     """Peak RSS (MB) of a fresh process that builds R(2+1)D-18 and runs training steps at batch 8."""
     memory = {}
     for name in ("keras_r21d", "torchvision") if with_torch else ("keras_r21d",):
-        keras_worker, torch_worker = _workers(threads, name == "torchvision")
-        worker = torch_worker if name == "torchvision" else keras_worker
+        worker = torchvision_worker(threads) if name == "torchvision" else keras_worker(threads)
         try:
             worker.ask(op="setup", model="r2plus1d_18", mode="train", batch=8, frames=frames, size=size)
             for _ in range(2):
                 worker.ask(op="run")
             memory[name] = round(worker.ask(op="memory")["max_rss_mb"])
         finally:
-            keras_worker.close()
-            if torch_worker:
-                torch_worker.close()
+            worker.close()
     return memory
 
 
@@ -179,11 +177,11 @@ def _row_text(row):
         side = row[name]
         text += f" {side['clips_per_s']:.2f} | {side['gflops_per_s']:.0f} ({100 * side['peak_fraction']:.0f}%) |"
     if "torchvision" in row:
-        text += "".join(f" {row['ratio' if name == 'keras_r21d' else 'ratio_' + name.rsplit('_', 1)[1]]:.2f} |"
-                        for name in _sides(row) if name != "torchvision")
+        text += "".join(f" {row[ratio_key(name)]:.2f} |" for name in _sides(row) if name != "torchvision")
     return text
 
 
+_BACKEND_TITLES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 _TITLES = {"keras_r21d": "keras_r21d", "keras_r21d_jax": "keras_r21d (JAX)", "keras_r21d_torch": "keras_r21d (torch)",
            "torchvision": "torchvision"}
 
@@ -193,8 +191,8 @@ def markdown(result):
     torch_side = "torchvision" in sides
     machine = result["machine"]
     backends = result["settings"].get("backends", ["tensorflow"])
-    versions = [f"Keras {machine.get('keras')} on " + ", ".join(
-        f"{ {'tensorflow': 'TensorFlow', 'jax': 'JAX', 'torch': 'PyTorch'}[b]} {machine.get(b)}" for b in backends)]
+    versions = [f"Keras {machine.get('keras')} on "
+                + ", ".join(f"{_BACKEND_TITLES[backend]} {machine.get(backend)}" for backend in backends)]
     if torch_side:
         versions.append(f"torchvision {machine.get('torchvision')} on PyTorch {machine.get('torch')}")
     lines = [f"{machine['processor']}, {machine['cpus']} CPUs, {machine['threads']} threads each side; "

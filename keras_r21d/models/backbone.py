@@ -20,10 +20,14 @@ BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
-def _positive_ints(name, values, count):
+def _is_positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _stage_ints(name, values):
     values = tuple(values)
-    if len(values) != count or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
-        raise ValueError(f"`{name}` must be {count} positive integers (conv2..conv5). Received: {name}={values!r}")
+    if len(values) != 4 or not all(_is_positive_int(v) for v in values):
+        raise ValueError(f"`{name}` must be 4 positive integers (conv2..conv5). Received: {name}={values!r}")
     return values
 
 
@@ -138,9 +142,11 @@ class VideoResNetBackbone(keras.Model):
                 f"`stage_conv_types` must be 4 entries from {CONV_TYPES} (conv2..conv5). "
                 f"Received: stage_conv_types={stage_conv_types!r}"
             )
-        stage_blocks = _positive_ints("stage_blocks", stage_blocks, 4)
-        stage_filters = _positive_ints("stage_filters", stage_filters, 4)
-        (stem_filters, stem_midplanes) = _positive_ints("stem widths", (stem_filters, stem_midplanes), 2)
+        stage_blocks = _stage_ints("stage_blocks", stage_blocks)
+        stage_filters = _stage_ints("stage_filters", stage_filters)
+        for name, value in (("stem_filters", stem_filters), ("stem_midplanes", stem_midplanes)):
+            if not _is_positive_int(value):
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
         if block_type not in BLOCK_TYPES:
             raise ValueError(f"`block_type` must be one of {tuple(BLOCK_TYPES)}. Received: {block_type!r}")
         if midplanes not in MIDPLANES:

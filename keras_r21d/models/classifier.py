@@ -22,10 +22,6 @@ def _pooling_layer(pooling, policy):
     raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
 
 
-def _single(inputs):
-    return inputs[0] if len(inputs) == 1 else inputs
-
-
 class _VideoTask(keras.Model):
     """A head on `backbone`'s graph: `self.pooler` is its global pooling layer, `self.pooled` the pooled conv5
     features."""
@@ -95,7 +91,7 @@ class VideoClassifier(_VideoTask):
             x = keras.layers.Dropout(dropout, name="dropout", dtype=policy)(x)
         head_policy = "float32" if policy.name.startswith("mixed") else policy
         outputs = keras.layers.Dense(num_classes, activation=activation, name="predictions", dtype=head_policy)(x)
-        super().__init__(inputs=_single(backbone.inputs), outputs=outputs, **kwargs)
+        super().__init__(inputs=backbone.input, outputs=outputs, **kwargs)
         self.backbone = backbone
         self.num_classes = num_classes
         self.pooling = pooling
@@ -123,7 +119,7 @@ class VideoFeatureExtractor(_VideoTask):
         policy = self._check_backbone(backbone)
         pooler = _pooling_layer(pooling, policy)
         pooled = pooler(backbone.output)
-        super().__init__(inputs=_single(backbone.inputs), outputs=pooled, **kwargs)
+        super().__init__(inputs=backbone.input, outputs=pooled, **kwargs)
         self.backbone = backbone
         self.pooling = pooling
         self.pooler = pooler

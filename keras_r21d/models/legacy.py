@@ -68,6 +68,11 @@ def backbone_config(model):
     )
 
 
+def _pooling_layer(names):
+    """0.1.0's global pooling layer among `names` (`avg_pool` or `max_pool`), or `None`."""
+    return next((name for name in ("avg_pool", "max_pool") if name in names), None)
+
+
 def upgrade(model):
     """The task (or backbone) a plain functional model of the family is, with its weights.
 
@@ -75,15 +80,16 @@ def upgrade(model):
     network (another architecture, a renamed layer).
     """
     names = {layer.name for layer in model.layers}
-    pooled = names & {"avg_pool", "max_pool"}
+    pooled = _pooling_layer(names)
+    pooling = "max" if pooled == "max_pool" else "avg"
     backbone = VideoResNetBackbone(**backbone_config(model), name=f"{model.name}_backbone" if pooled else model.name)
     if "predictions" in names:
         head = model.get_layer("predictions")
         dropout = model.get_layer("dropout").rate if "dropout" in names else 0.0
-        task = VideoClassifier(backbone, head.units, pooling="max" if "max_pool" in names else "avg", dropout=dropout,
+        task = VideoClassifier(backbone, head.units, pooling=pooling, dropout=dropout,
                                activation=keras.activations.serialize(head.activation), name=model.name)
     elif pooled:
-        task = VideoFeatureExtractor(backbone, pooling="max" if "max_pool" in names else "avg", name=model.name)
+        task = VideoFeatureExtractor(backbone, pooling=pooling, name=model.name)
     else:
         task = backbone
     for layer in task.layers:
@@ -99,8 +105,7 @@ def pooling_layer_name(model):
     """The name of the global pooling layer of a plain functional model of the family (without building its
     task), or `None` when it ends in conv5 feature maps."""
     backbone_config(model)  # a network of the family, or the error that says it is not
-    names = {layer.name for layer in model.layers}
-    return next((name for name in ("avg_pool", "max_pool") if name in names), None)
+    return _pooling_layer({layer.name for layer in model.layers})
 
 
 def as_task(model):
