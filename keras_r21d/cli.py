@@ -131,20 +131,37 @@ def cmd_presets(args):
 
 
 class _Progress:
-    """A one-line progress bar on stderr (stdout stays clean for --json)."""
+    """A one-line progress bar on stderr (stdout stays clean for --json); with `rate=True`, items/s and ETA."""
 
-    def __init__(self, label, width=30):
+    def __init__(self, label, width=30, rate=False):
         self.label = label
         self.width = width
         self.last = -1
+        self.rate = rate
+        self.start = None
+
+    def _rate(self, done, total):
+        import time
+
+        now = time.monotonic()
+        if self.start is None:  # the first call (which may report work resumed from before) starts the clock
+            self.start = (now, done)
+            return ""
+        elapsed, counted = now - self.start[0], done - self.start[1]
+        if counted <= 0 or elapsed <= 0:
+            return ""
+        per_second = counted / elapsed
+        left = int((total - done) / per_second)
+        return f"  {per_second:.1f}/s  ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
 
     def __call__(self, done, total):
         filled = self.width * done // max(total, 1)
-        if filled == self.last and done != total:
+        rate = self._rate(done, total) if self.rate else ""
+        if filled == self.last and done != total and not self.rate:
             return
         self.last = filled
         bar = "=" * filled + (">" if filled < self.width else "") + " " * (self.width - filled - 1)
-        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total}")
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total}{rate}   ")
         if done == total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -168,6 +185,7 @@ def _parse_size(text):
 
 def cmd_check_videos(args):
     from keras_r21d.data import check_videos, load_dataset
+    from keras_r21d.data.shards import ShardDataset
 
     subsets = ["train", "test"] if args.subset == "all" else [args.subset]
     results, seen = [], set()
@@ -179,7 +197,13 @@ def cmd_check_videos(args):
                 results.append({"path": path, "ok": False, "frames": None, "reason": "file not found"})
         fresh = [i for i, path in enumerate(dataset.paths) if path not in seen]
         seen.update(dataset.paths)
-        if fresh:
+        if isinstance(dataset, ShardDataset):
+            from keras_r21d.data.shard_pipeline import check_shards
+
+            results += check_shards(dataset.subset(fresh), args.frames, args.stride,
+                                    progress=_Progress(f"checking {subset} shards"))
+            seen.update(dataset.failed)
+        elif fresh:
             progress = _Progress(f"checking {subset}")
             results += check_videos(dataset.subset(fresh), args.frames, args.stride, args.timeout, progress=progress,
                                    isolate=not args.in_process)
@@ -193,6 +217,42 @@ def cmd_check_videos(args):
         print(f"BAD  {r['path']}  frames={frames}  {r['reason']}")
     print(f"{len(results)} videos checked, {len(results) - len(bad)} ok, {len(bad)} unreadable or too short")
     return code
+
+
+def _parse_frame_size(text):
+    """`--size` of prepare: HEIGHTxWIDTH (the paper's 128x171) or one number, the short side."""
+    height, sep, width = text.lower().partition("x")
+    try:
+        size = (int(height), int(width)) if sep else int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH (e.g. 128x171) or a short side (e.g. 128), got "
+                                         f"{text!r}") from None
+    if min(size if sep else (size,)) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return size
+
+
+def cmd_prepare(args):
+    from keras_r21d.data.prepare import prepare
+
+    def report(path, reason):
+        sys.stderr.write(f"\nkeras-r21d prepare: skipped {path}: {reason}\n")
+
+    manifest = prepare(args.spec, args.out, size=args.size, fps=args.fps, quality=args.quality, workers=args.workers,
+                       videos_per_shard=args.videos_per_shard, timeout=args.timeout,
+                       progress=_Progress("prepare", rate=True), report=report)
+    size = manifest["preprocessing"]["size"]
+    stored = f"{size[0]} high x {size[1]} wide" if isinstance(size, list) else f"short side {size}"
+    for split, counts in manifest["splits"].items():
+        print(f"{split}: {counts['videos_in']} videos in, {counts['written']} written, {counts['failed']} failed; "
+              f"{len(counts['shards'])} shards, {counts['bytes'] / 1e6:.1f} MB, {counts['frames']} frames")
+    print(f"frames stored at {stored}, JPEG quality {manifest['preprocessing']['quality']}"
+          + (f", {manifest['preprocessing']['fps']:g} fps" if manifest["preprocessing"]["fps"] else ""))
+    if manifest["failed"]:
+        print(f"{len(manifest['failed'])} video(s) could not be written (each reported above; listed with the reason "
+              f"in {os.path.join(args.out, 'manifest.json')})")
+    print(f"dataset spec: shards:{args.out}")
+    return EXIT_BAD_INPUTS if manifest["failed"] else 0
 
 
 def cmd_make_synthetic(args):
@@ -354,19 +414,25 @@ def cmd_predict(args):
 
 def cmd_extract(args):
     from keras_r21d.data.datasets import load_dataset
+    from keras_r21d.data.shards import ShardDataset
     from keras_r21d.inference import extract_features, load_predictor
 
     predictor = load_predictor(args.model, clips=args.clips, max_pixels=args.max_pixels)
     subsets = ["train", "test"] if args.subset == "all" else [args.subset]
-    paths, seen = [], set()
-    for subset in subsets:
-        dataset = load_dataset(args.data, subset)
-        for path in dataset.paths:
-            if path not in seen:
-                seen.add(path)
-                paths.append(path)
-    dataset = dataset.__class__(dataset.name, paths, [0] * len(paths), dataset.class_names)
-    written, skipped = extract_features(predictor, dataset, args.out, progress=_Progress("extract"))
+    datasets = [load_dataset(args.data, subset) for subset in subsets]
+    if isinstance(datasets[0], ShardDataset):  # each split is read from its own shards; a video in both, once
+        seen = set(datasets[0].paths)
+        keep = [i for i, path in enumerate(datasets[-1].paths) if path not in seen] if len(datasets) > 1 else None
+        parts = datasets[:1] + ([datasets[1].subset(keep)] if keep else [])
+    else:
+        paths = list(dict.fromkeys(path for dataset in datasets for path in dataset.paths))
+        parts = [datasets[0].__class__(datasets[0].name, paths, [0] * len(paths), datasets[0].class_names)]
+    written, skipped = [], {}
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for dataset in parts for p in dataset.paths])
+    for dataset in parts:
+        more, also = extract_features(predictor, dataset, args.out, progress=_Progress("extract"), root=root)
+        written += more
+        skipped.update(also)
     for path, reason in skipped.items():
         print(f"keras-r21d extract: skipped {path}: {reason}", file=sys.stderr)
     print(f"{len(written)} feature files in {args.out}, {len(skipped)} videos skipped")
@@ -509,6 +575,25 @@ def build_parser():
                         "the decoder is reported and the scan goes on)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a report")
     p.set_defaults(func=cmd_check_videos)
+
+    p = sub.add_parser("prepare", help="decode a dataset once into frame shards (TFRecords of JPEG frames): "
+                                       "train from shards:DIR, locally or through tf.data service (exit 1 if a "
+                                       "video could not be written)")
+    p.add_argument("spec", help="dataset spec, e.g. ucf101:/data/UCF101:split=1 (both splits are written)")
+    p.add_argument("--out", required=True, help="shard folder: new, empty, or an earlier run of this command "
+                                                "(resumed: finished shards are kept)")
+    p.add_argument("--size", type=_parse_frame_size, default=(128, 171),
+                   help="frames are stored at HEIGHTxWIDTH, or at a short side N (default 128x171, the paper's "
+                        "pre-crop size)")
+    p.add_argument("--fps", type=_positive(float, 0.001), default=None,
+                   help="resample every video to this frame rate (default: keep every frame)")
+    p.add_argument("--quality", type=int, default=90, choices=range(1, 101), metavar="1..100",
+                   help="JPEG quality (default 90)")
+    p.add_argument("--workers", type=POSITIVE, default=None, help="decoding processes (default: the cores)")
+    p.add_argument("--videos-per-shard", type=POSITIVE, default=64, help="videos per TFRecord file (default 64)")
+    p.add_argument("--timeout", type=_positive(float, 0.001), default=600.0,
+                   help="seconds one video may take to decode (default 600)")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("make-synthetic", help="write the synthetic motion dataset (UCF101 layout)")
     p.add_argument("out_dir")

@@ -94,6 +94,10 @@ class Predictor:
 
     def clip_features(self, video):
         """Pooled backbone features of the video's test clips: `(test_clips, D)`."""
+        return self.features(self._clips(video))
+
+    def features(self, clips):
+        """Pooled backbone features `(N, D)` of normalized clips `(N, T, H, W, 3)`, as NumPy."""
         raise ValueError(f"{self.path}: a {self.kind} model has no feature output; use a .keras file or a SavedModel")
 
     def _clips(self, video):
@@ -125,13 +129,13 @@ class KerasPredictor(Predictor):
     def _clip_probabilities(self, clips):
         return _batched(self._probabilities, clips)
 
-    def clip_features(self, video):
+    def features(self, clips):
         if self._no_features is not None:
             raise ValueError(f"{self.path}: {self._no_features}")
         if self._features is None:
             features = self._feature_model(self.model)
             self._features = model_function(lambda c: features(c, training=False))
-        return _batched(self._features, self._clips(video))
+        return _batched(self._features, clips)
 
 
 class SavedModelPredictor(Predictor):
@@ -158,9 +162,9 @@ class SavedModelPredictor(Predictor):
         serve = self.loaded.signatures["serving_default"]
         return _batched(lambda batch: serve(clips=batch)["probabilities"], clips)
 
-    def clip_features(self, video):
+    def features(self, clips):
         extract = self.loaded.signatures["extract_features"]
-        return _batched(lambda clips: extract(clips=clips)["features"], self._clips(video))
+        return _batched(lambda batch: extract(clips=batch)["features"], clips)
 
 
 class TFLitePredictor(Predictor):
@@ -212,27 +216,46 @@ def load_predictor(path, clips=None, frames=None, size=None, max_pixels=None):
     raise ValueError(f"{path}: expected a .keras file, a SavedModel directory or a .tflite file")
 
 
-def extract_features(predictor, dataset, out_dir, progress=None):
+def extract_features(predictor, dataset, out_dir, progress=None, root=None):
     """Writes `(test_clips, D)` features of every video to `out_dir/<video path>.npy`.
 
-    Paths mirror the videos' paths relative to their common folder. Videos
-    that cannot be decoded are skipped and returned as `{path: reason}`.
+    Paths mirror the videos' paths relative to their common folder (or to
+    `root`). Videos
+    that cannot be decoded are skipped and returned as `{path: reason}`. A
+    `ShardDataset` (`shards:DIR`) is read from its shards, with the
+    predictor's test clips: its source videos need not be on this machine.
     """
+    from keras_r21d.data.shards import ShardDataset
     from keras_r21d.data.video import VideoDecodeError
 
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in dataset.paths])
+    root = root or os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in dataset.paths])
     skipped = {}
     written = []
-    for number, video in enumerate(dataset.paths, 1):
+
+    def save(video, features):
+        target = os.path.join(out_dir, os.path.relpath(os.path.abspath(video), root) + ".npy")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        np.save(target, features.astype(np.float32))
+        written.append(target)
+        if progress:
+            progress(len(written) + len(skipped), len(dataset.paths))
+
+    if isinstance(dataset, ShardDataset):
+        from keras_r21d.data.pipeline import BadVideoLog, eval_dataset
+
+        log = BadVideoLog()
+        clips_per_video = predictor.config.test_clips
+        for clips, _, ids in eval_dataset(dataset, clips_per_video, predictor.config, bad_videos=log):
+            save(dataset.paths[int(ids[0])], predictor.features(clips))
+        skipped.update(log.failures)  # the videos prepare could not write, and too-short ones under `skip`
+        return written, skipped
+    for video in dataset.paths:
         try:
             features = predictor.clip_features(video)
         except VideoDecodeError as error:
             skipped[video] = error.reason
+            if progress:
+                progress(len(written) + len(skipped), len(dataset.paths))
         else:
-            target = os.path.join(out_dir, os.path.relpath(os.path.abspath(video), root) + ".npy")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            np.save(target, features.astype(np.float32))
-            written.append(target)
-        if progress:
-            progress(number, len(dataset.paths))
+            save(video, features)
     return written, skipped

@@ -42,7 +42,12 @@ def main():
         request = json.loads(line)
         answer = {"ok": True, "frames": None, "reason": None}
         try:
-            if request.get("mode") == "all":
+            if request.get("mode") == "jpeg":
+                size = request["size"]
+                answer.update(video.write_jpeg_frames(request["path"], request["out"],
+                                                      size if isinstance(size, int) else tuple(size),
+                                                      request["quality"], request.get("fps")))
+            elif request.get("mode") == "all":
                 frames = video.read_video(request["path"], max_pixels=request.get("max_pixels",
                                                                                     video.MAX_DECODE_PIXELS))
                 answer.update(frames=int(frames.shape[0]), shape=list(frames.shape),

@@ -17,10 +17,11 @@ def check_video(path, clip_len=16, frame_stride=1, timeout=60.0):
         return {"path": str(path), "ok": False, "frames": None, "reason": error.reason}
     except Exception as error:  # noqa: BLE001 - OpenCV raises cv2.error and others
         return {"path": str(path), "ok": False, "frames": None, "reason": f"{type(error).__name__}: {error}"}
-    return _judge(path, frames, clip_len, frame_stride)
+    return judge(path, frames, clip_len, frame_stride)
 
 
-def _judge(path, frames, clip_len, frame_stride):
+def judge(path, frames, clip_len, frame_stride):
+    """The check result of a video of `frames` frames: ok, or too short for a clip."""
     if sampling.too_short(frames, clip_len, frame_stride):
         span = sampling.clip_span(clip_len, frame_stride)
         return {"path": str(path), "ok": False, "frames": frames,
@@ -46,7 +47,7 @@ def check_videos(dataset, clip_len=16, frame_stride=1, timeout=60.0, progress=No
                 results.append(check_video(path, clip_len, frame_stride, timeout))
             else:
                 answer = decoder.decode(path)
-                results.append(_judge(path, answer["frames"], clip_len, frame_stride) if answer["ok"] else
+                results.append(judge(path, answer["frames"], clip_len, frame_stride) if answer["ok"] else
                                {"path": str(path), "ok": False, "frames": None, "reason": answer["reason"]})
             if progress is not None:
                 progress(i + 1, len(dataset.paths))

@@ -2,15 +2,16 @@
 
 `load_dataset("ucf101:/data/UCF101:split=2", subset="test")` and likewise
 `hmdb51:ROOT[:split=N]`, `kinetics:ROOT[:split=train]`, `folder:ROOT`,
-`csv:FILE`. Every error in a list file names the file and the line.
+`csv:FILE`, and `shards:DIR` (frame shards written by `keras-r21d prepare`).
+Every error in a list file names the file and the line.
 """
 
 import csv
-import dataclasses
 import glob
-import hashlib
 import os
 import random
+
+from keras_r21d.data.video_dataset import VideoDataset  # noqa: F401 - defined there, imported from here too
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 SUBSETS = ("train", "test")
@@ -28,46 +29,6 @@ class DatasetFormatError(ValueError):
         super().__init__(f"{location}: {message}")
         self.path = str(path)
         self.line = line
-
-
-@dataclasses.dataclass
-class VideoDataset:
-    """A list of labelled videos.
-
-    Attributes:
-        name: the spec it came from.
-        paths: video file paths.
-        labels: int class indices, one per path.
-        class_names: the class names, indexed by label.
-    """
-
-    name: str
-    paths: list
-    labels: list
-    class_names: list
-
-    def __len__(self):
-        return len(self.paths)
-
-    @property
-    def num_classes(self):
-        return len(self.class_names)
-
-    def subset(self, indices):
-        """A new dataset with the videos at `indices`."""
-        return VideoDataset(
-            self.name, [self.paths[i] for i in indices], [self.labels[i] for i in indices], list(self.class_names)
-        )
-
-    def fingerprint(self):
-        """A hash of the video list and labels (paths relative to their common folder, label names)."""
-        digest = hashlib.sha256()
-        if self.paths:
-            root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in self.paths])
-            for path, label in sorted(zip(self.paths, self.labels)):
-                digest.update(f"{os.path.relpath(os.path.abspath(path), root)}\t{self.class_names[label]}\n".encode(
-                    "utf-8", "surrogateescape"))
-        return f"{len(self.paths)} videos, sha256 {digest.hexdigest()[:16]}"
 
 
 OUTSIDE_HINT = "append :allow_outside=yes to the dataset spec (allow_outside=True in Python) to accept it"
@@ -399,9 +360,10 @@ HOLDOUT_LOADERS = ("folder", "csv")
 def parse_spec(spec):
     """Splits `"ucf101:/data/ucf:split=2"` into `("ucf101", "/data/ucf", {"split": "2"})`."""
     kind, sep, rest = str(spec).partition(":")
-    if not sep or kind not in LOADERS or not rest:
+    if not sep or kind not in (*LOADERS, "shards") or not rest:
         raise ValueError(
-            f"Bad dataset spec {spec!r}: expected KIND:PATH[:key=value...] with KIND one of {sorted(LOADERS)}, "
+            f"Bad dataset spec {spec!r}: expected KIND:PATH[:key=value...] with KIND one of "
+            f"{sorted([*LOADERS, 'shards'])}, "
             "e.g. 'ucf101:/data/UCF101:split=1' or 'folder:/data/videos'."
         )
     parts = rest.split(":")
@@ -417,7 +379,8 @@ def load_dataset(spec, subset="train", missing=None, allow_outside=False):
 
     Args:
         spec: `ucf101:ROOT[:split=N]`, `hmdb51:ROOT[:split=N]`,
-            `kinetics:ROOT[:split=NAME]`, `folder:ROOT` or `csv:FILE`; a
+            `kinetics:ROOT[:split=NAME]`, `folder:ROOT`, `csv:FILE` or
+            `shards:DIR` (a `ShardDataset`, written by `prepare`); a
             trailing `:missing=skip|error` sets the missing-file policy and
             `:allow_outside=yes` accepts entries outside the root (for
             commands that take a spec).
@@ -437,6 +400,13 @@ def load_dataset(spec, subset="train", missing=None, allow_outside=False):
     if subset not in SUBSETS:
         raise ValueError(f"`subset` must be one of {SUBSETS}. Received: subset={subset!r}")
     kind, path, options = parse_spec(spec)
+    if kind == "shards":
+        if options:
+            raise ValueError(f"Unknown option(s) {sorted(options)} in dataset spec {spec!r} (a shards: spec takes "
+                             "none: its splits and preprocessing are the folder's)")
+        from keras_r21d.data.shards import load_shards
+
+        return load_shards(path, subset, name=str(spec))
     known = {"split", "missing", "allow_outside"} | ({"holdout", "holdout_seed"} if kind in HOLDOUT_LOADERS else set())
     if set(options) - known:
         raise ValueError(f"Unknown option(s) {sorted(set(options) - known)} in dataset spec {spec!r} "
@@ -484,6 +454,10 @@ def _holdout_option(spec, options):
 def split_description(spec):
     """How a spec's videos are split into train and test, for the run record."""
     kind, path, options = parse_spec(spec)
+    if kind == "shards":
+        from keras_r21d.data.shards import read_manifest
+
+        return {"kind": "shards", "detail": f"the splits of {read_manifest(path)['source']} (keras-r21d prepare)"}
     if kind == "folder" and all(os.path.isdir(os.path.join(path, s)) for s in SUBSETS):
         return {"kind": "folders", "detail": "ROOT/train/ and ROOT/test/"}
     if kind == "csv":

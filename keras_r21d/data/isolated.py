@@ -80,24 +80,28 @@ class IsolatedDecoder:
             self.proc.stdout.close()
             self.proc = None
 
-    def decode(self, path, mode="check"):
+    def decode(self, path, mode="check", **options):
         """Decodes one file in the worker.
 
         Args:
             path: the video file.
             mode: `"check"` (open it, decode its first and last frames, count
-                its real frames) or `"all"` (decode every frame).
+                its real frames), `"all"` (decode every frame) or `"jpeg"`
+                (`video.write_jpeg_frames` into `options["out"]`, with
+                `size`, `quality` and `fps` from `options`).
+            options: the mode's values, sent with the request.
 
         Returns:
             `{"ok", "frames", "reason", "rss_kb", "peak_rss_kb"}` (the
             worker's memory in kB; plus `shape` and `dtype` with
-            `mode="all"`). `reason` says why a file failed: the decoder's
+            `mode="all"`; `write_jpeg_frames`' values with `mode="jpeg"`).
+            `reason` says why a file failed: the decoder's
             error, "decoder crashed (signal SIGSEGV)", "decoding timed out
             after N s".
         """
         if self.proc is None or self.proc.poll() is not None:
             self._start()
-        request = {"path": str(path), "mode": mode, "max_pixels": self.max_pixels}
+        request = {"path": str(path), "mode": mode, "max_pixels": self.max_pixels, **options}
         try:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()

@@ -1,10 +1,12 @@
-"""`tf.data` pipelines of clips from video files, robust to bad files.
+"""`tf.data` pipelines of clips from video files, robust to bad files, or from frame shards.
 
 Training: one clip per video per epoch with temporal jitter, random crop and
 flip. Testing: `test_clips` uniformly spaced clips per video, center-cropped,
 each element carrying its video id so that predictions can be averaged per
 video. Both work with `model.fit` under any `tf.distribute` strategy (batch
-sizes are global).
+sizes are global). A `ShardDataset` (`shards:DIR`, written by `prepare`) is
+read by `shard_pipeline` instead: the same sampling and preprocessing in
+TensorFlow ops only.
 """
 
 import dataclasses
@@ -114,6 +116,14 @@ class BadVideoLog:
                     f"{self.max_consecutive}); last: {recent}"
                 )
 
+    def note(self, path, reason):
+        """Records a video left out before reading (e.g. one `prepare` could not write), without counting it
+        as a decoding failure in a row."""
+        with self._lock:
+            if path not in self.failures:
+                self.failures[path] = reason
+                logger.warning("skipping video %s: %s", path, reason)
+
     def summary(self):
         return f"{self.decoded} clips decoded, {len(self.failures)} videos skipped"
 
@@ -185,6 +195,13 @@ def _prepare(dataset, config, bad_videos):
     return config, log, list(dataset.paths), np.asarray(dataset.labels, np.int32)
 
 
+def _from_shards(dataset):
+    """Whether `dataset` is a `ShardDataset` (`shards:DIR`): its clips are read by graph ops only."""
+    from keras_r21d.data.shards import ShardDataset
+
+    return isinstance(dataset, ShardDataset)
+
+
 def _options(deterministic):
     options = tf.data.Options()
     # Elements come from a list of indices, not files: shard by data.
@@ -224,6 +241,11 @@ def train_dataset(dataset, batch_size, config=None, shuffle=True, seed=None, det
         drop_remainder: drop the last incomplete batch.
     """
     config, log, paths, labels = _prepare(dataset, config, bad_videos)
+    if _from_shards(dataset):
+        from keras_r21d.data import shard_pipeline
+
+        return shard_pipeline.train_dataset(dataset, batch_size, config, shuffle, seed, deterministic, cache, log,
+                                            repeat, drop_remainder)
 
     def decode_py(index, element_seed):
         rng = np.random.default_rng(int(element_seed.numpy()) & 0x7FFFFFFFFFFFFFFF)
@@ -266,6 +288,10 @@ def eval_dataset(dataset, batch_size, config=None, with_video_id=True, determini
     validation data, which would read a third entry as sample weights).
     """
     config, log, paths, labels = _prepare(dataset, config, bad_videos)
+    if _from_shards(dataset):
+        from keras_r21d.data import shard_pipeline
+
+        return shard_pipeline.eval_dataset(dataset, batch_size, config, with_video_id, deterministic, cache, log)
 
     def decode_py(index):
         return _decode(paths[int(index.numpy())], config, log, _test_starts(config))

@@ -298,6 +298,94 @@ def read_video(path, max_pixels=MAX_DECODE_PIXELS):
     return decode_clip(path, lambda num_frames, fps: np.arange(num_frames), max_pixels=max_pixels)[0]
 
 
+def _target_size(height, width, size):
+    """`(height, width)` frames of `height x width` are stored at: `size` as `(h, w)`, or an int short side."""
+    if isinstance(size, (int, np.integer)):
+        scale = int(size) / min(height, width)
+        return int(round(height * scale)), int(round(width * scale))
+    return int(size[0]), int(size[1])
+
+
+def _to_bgr(frame, size):
+    """A decoded BGR, BGRA or grayscale frame as 3-channel BGR of `size` = `(height, width)` (bilinear)."""
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.shape[2] == 4:
+        frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    if frame.shape[:2] != tuple(size):
+        frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return frame
+
+
+def write_jpeg_frames(path, out_path, size, quality=90, fps=None, max_frames=1_000_000, deadline=None):
+    """Streams every frame of a video, resized and JPEG-encoded, into `out_path`; memory stays one frame.
+
+    Frames are resized to `size` (`(height, width)` or an int short side)
+    bilinearly, as the decoding path's shrink and the graph's resize do, then
+    encoded at JPEG `quality` (RGB, 4:2:0). With `fps`, the video is
+    resampled to that rate (frame `k` is the source frame nearest `k / fps`
+    seconds). `out_path` receives each frame as a 4-byte little-endian length
+    and the JPEG bytes.
+
+    Returns:
+        `{"frames", "fps", "source_fps", "height", "width", "source_height",
+        "source_width", "codec"}`.
+
+    Raises:
+        VideoDecodeError: naming the file and the reason (no frames, unknown
+        frame rate for `fps`, past `deadline`, ...).
+    """
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    with _Capture(path) as cap:
+        source_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        if fps and not source_fps > 0:
+            raise VideoDecodeError(path, f"unknown frame rate: cannot resample to {fps:g} fps")
+        codec = codec_of(cap)
+        written, index, buffer, out_size = 0, 0, None, None
+        with open(out_path, "wb") as out:
+            while written < max_frames:
+                ok, buffer = cap.read(buffer)
+                if not ok or buffer is None:
+                    break
+                if out_size is None:
+                    _check_pixels(path, None, *buffer.shape[:2], None)
+                    source_size = buffer.shape[:2]
+                    out_size = _target_size(*source_size, size)
+                # Frames this source frame stands for: all of them at the source rate, else those nearest in time.
+                copies = 1 if not fps else 0
+                while fps and written + copies < max_frames and round((written + copies) * source_fps / fps) <= index:
+                    copies += 1
+                if copies:
+                    ok, data = cv2.imencode(".jpg", _to_bgr(buffer, out_size), params)
+                    if not ok:
+                        raise VideoDecodeError(path, f"JPEG encoding failed at frame {index}")
+                    for _ in range(copies):
+                        out.write(len(data).to_bytes(4, "little"))
+                        out.write(data.tobytes())
+                    written += copies
+                index += 1
+                if deadline is not None and time.monotonic() > deadline:
+                    raise VideoDecodeError(path, "decoding timed out")
+        if written == 0:
+            raise VideoDecodeError(path, _no_frames_reason(cap) if index == 0 else "no frame at the asked rate")
+    return {"frames": written, "fps": float(fps) if fps else source_fps, "source_fps": source_fps,
+            "height": out_size[0], "width": out_size[1], "source_height": int(source_size[0]),
+            "source_width": int(source_size[1]), "codec": codec}
+
+
+def read_jpeg_frames(path):
+    """The JPEG byte strings `write_jpeg_frames` wrote into `path`, in order."""
+    frames = []
+    with open(path, "rb") as f:
+        data = f.read()
+    position = 0
+    while position < len(data):
+        length = int.from_bytes(data[position:position + 4], "little")
+        frames.append(data[position + 4:position + 4 + length])
+        position += 4 + length
+    return frames
+
+
 def run_with_timeout(function, timeout, path):
     """Runs `function()` in a daemon thread and waits at most `timeout` seconds.
 
