@@ -22,9 +22,16 @@ def resize_frames(frames, size=RESIZE):
         scale = size / tf.minimum(h, w)
         size = (tf.cast(tf.round(h * scale), tf.int32), tf.cast(tf.round(w * scale), tf.int32))
     shape = tf.shape(frames)
-    flat = tf.reshape(tf.cast(frames, tf.float32), tf.concat([[-1], shape[-3:]], axis=0))
-    resized = tf.image.resize(flat, size, method="bilinear", antialias=False)
-    return tf.reshape(resized, tf.concat([shape[:-3], tf.shape(resized)[1:]], axis=0))
+    frames = tf.cast(frames, tf.float32)
+
+    def resize():
+        flat = tf.reshape(frames, tf.concat([[-1], shape[-3:]], axis=0))
+        resized = tf.image.resize(flat, size, method="bilinear", antialias=False)
+        return tf.reshape(resized, tf.concat([shape[:-3], tf.shape(resized)[1:]], axis=0))
+
+    # Frames already at the size (frame shards store the pre-crop size): bilinear at scale 1 is the identity.
+    same = tf.logical_and(tf.equal(shape[-3], size[0]), tf.equal(shape[-2], size[1]))
+    return tf.cond(same, lambda: frames, resize)
 
 
 def center_crop(frames, crop=CROP):
