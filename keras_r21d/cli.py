@@ -63,6 +63,12 @@ def _one_line_warnings(command):
     warnings.showwarning = show
 
 
+DATA_SERVICE_HELP = ("run the input pipeline on the tf.data service workers of this dispatcher (needs --data "
+                     "shards:DIR from keras-r21d prepare; see keras-r21d data-service)")
+DATA_SERVICE_TIMEOUT_HELP = ("with --data-service: stop with an error (exit 2; a run resumes with --resume) when no "
+                             "batch comes for this long: a worker gone and not restarted at its address (default 600)")
+
+
 def _positive(kind=int, low=1):
     """An argparse type: a number >= `low` (argparse names the flag in its error)."""
 
@@ -255,6 +261,20 @@ def cmd_prepare(args):
     return EXIT_BAD_INPUTS if manifest["failed"] else 0
 
 
+def cmd_data_service(args):
+    from keras_r21d.data import service
+
+    if args.role == "dispatcher":
+        server = service.start_dispatcher(args.port, args.work_dir, args.worker_timeout)
+        print(f"dispatcher ready on port {args.port} (train --data-service HOST:{args.port}; workers: keras-r21d "
+              f"data-service worker --dispatcher HOST:{args.port})", flush=True)
+    else:
+        server = service.start_worker(args.dispatcher, args.port, args.host, args.heartbeat)
+        print(f"worker ready, registered with {args.dispatcher}", flush=True)
+    server.join()  # until the process is stopped (Ctrl-C, SIGTERM)
+    return 0
+
+
 def cmd_make_synthetic(args):
     from keras_r21d.data import make_synthetic_dataset
 
@@ -284,7 +304,8 @@ def cmd_train(args):
         mixed_precision=args.mixed_precision, jit_compile=args.xla, implementation=args.implementation,
         seed=args.seed, max_train_videos=args.max_train_videos,
         tensorboard=not args.no_tensorboard, init=args.init, freeze_backbone_epochs=args.freeze_backbone_epochs,
-        finetune_lr=args.finetune_lr, trainable_from=args.trainable_from,
+        finetune_lr=args.finetune_lr, trainable_from=args.trainable_from, data_service=args.data_service,
+        data_service_timeout=args.data_service_timeout,
     )
     result = run_or_exit(train, config, resume=args.resume)
     if result["report"] is not None:
@@ -311,7 +332,8 @@ def cmd_evaluate(args):
     from keras_r21d.training import evaluate
 
     report = evaluate(args.model, args.data, clips=args.clips, frames=args.frames, size=args.size,
-                      batch_size=args.batch_size, out_dir=args.out)
+                      batch_size=args.batch_size, out_dir=args.out, data_service=args.data_service,
+                      data_service_timeout=args.data_service_timeout)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -507,7 +529,7 @@ def cmd_tune(args):
         warmup_epochs=args.warmup_choices).items() if v is not None}, fixed=fixed)
     settings = dict(size=args.size, batch_size=args.batch_size, frame_stride=args.frame_stride,
                     flip=not args.no_flip, test_clips=args.test_clips, strategy=args.strategy)
-    for name in ("val_data", "max_train_videos"):
+    for name in ("val_data", "max_train_videos", "data_service"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.resize_to:
@@ -595,6 +617,23 @@ def build_parser():
                    help="seconds one video may take to decode (default 600)")
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("data-service", help="run a tf.data service dispatcher or worker (for train/evaluate/tune "
+                                            "--data-service; frame shards only)")
+    roles = p.add_subparsers(dest="role", metavar="ROLE")
+    roles.required = True
+    r = roles.add_parser("dispatcher", help="the service's dispatcher: trainers and workers connect to it")
+    r.add_argument("--port", type=_positive(int, 1), required=True)
+    r.add_argument("--work-dir", help="journal here: a restarted dispatcher recovers its jobs (fault-tolerant mode)")
+    r.add_argument("--worker-timeout", type=_positive(float, 0.001), default=None,
+                   help="seconds without a heartbeat before a worker is dropped (default TensorFlow's)")
+    r = roles.add_parser("worker", help="a worker: runs the shard pipelines of the dispatcher's jobs")
+    r.add_argument("--dispatcher", required=True, metavar="HOST:PORT")
+    r.add_argument("--port", type=_positive(int, 0), default=0, help="its port (default: any free one)")
+    r.add_argument("--host", default=None, help="the name trainers reach it by (default: this machine's hostname)")
+    r.add_argument("--heartbeat", type=_positive(float, 0.001), default=None,
+                   help="seconds between heartbeats to the dispatcher (default TensorFlow's)")
+    p.set_defaults(func=cmd_data_service)
+
     p = sub.add_parser("make-synthetic", help="write the synthetic motion dataset (UCF101 layout)")
     p.add_argument("out_dir")
     p.add_argument("--classes", type=int, default=8, help="2..12 (default 8)")
@@ -649,6 +688,9 @@ def build_parser():
                         "on CPUs, see BENCHMARKS.md)")
     p.add_argument("--seed", type=int, default=0, help="random seed (shuffling, augmentation, initialization)")
     p.add_argument("--max-train-videos", type=POSITIVE, default=None, help="train on the first N videos only")
+    p.add_argument("--data-service", metavar="HOST:PORT", default=None, help=DATA_SERVICE_HELP)
+    p.add_argument("--data-service-timeout", type=_positive(float, 1), default=600.0, metavar="SECONDS",
+                   help=DATA_SERVICE_TIMEOUT_HELP)
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs/")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--init", help="start from a .keras file, a run directory or a preset (kinetics400, ...; "
@@ -669,6 +711,9 @@ def build_parser():
     p.add_argument("--size", type=POSITIVE, default=None, help="crop size (default: the model's or its run's)")
     p.add_argument("--batch-size", type=POSITIVE, default=8)
     p.add_argument("--out", help="write report.json and confusion_matrix.png here")
+    p.add_argument("--data-service", metavar="HOST:PORT", help=DATA_SERVICE_HELP)
+    p.add_argument("--data-service-timeout", type=_positive(float, 1), default=600.0, metavar="SECONDS",
+                   help=DATA_SERVICE_TIMEOUT_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -758,6 +803,7 @@ def build_parser():
     g.add_argument("--test-clips", type=POSITIVE, default=10)
     g.add_argument("--val-data")
     g.add_argument("--max-train-videos", type=POSITIVE)
+    g.add_argument("--data-service", metavar="HOST:PORT", help=DATA_SERVICE_HELP)
     g.add_argument("--strategy", choices=STRATEGIES, default="auto")
     g = p.add_argument_group("distributed (keras-tuner's chief/worker mode)")
     g.add_argument("--distributed", action="store_true",

@@ -16,7 +16,7 @@ import videos
 from keras_r21d.data import BadVideoLog, ClipConfig, eval_dataset, load_dataset, sampling, train_dataset
 from keras_r21d.data import prepare as prepare_module
 from keras_r21d.data.prepare import PrepareError, prepare
-from keras_r21d.data.shard_pipeline import python_ops
+from keras_r21d.data.service import python_ops
 from keras_r21d.data.shards import ShardFormatError
 from keras_r21d.data.transforms import MEAN, STD
 

@@ -1,4 +1,4 @@
-"""Soak: `predict` over 1,000 small videos and 50 export/load cycles in one process keep RSS bounded.
+"""Soak: `predict` over 1,000 small videos and 30 export/load cycles in one process keep RSS bounded.
 
 Each soak runs in a child process (tests/workers/soak.py) that reports its
 resident memory as it goes; the bound is on the growth after a warm-up, so a
@@ -46,10 +46,11 @@ def test_predict_over_1000_videos_keeps_memory_bounded(tiny_model, tmp_path):
     assert growth < 40, f"RSS grew by {growth:.0f} MB over 800 videos: {rss}"
 
 
-def test_50_export_and_load_cycles_keep_memory_bounded(tiny_model, tmp_path):
+def test_30_export_and_load_cycles_keep_memory_bounded(tiny_model, tmp_path):
     video = videos.write_opencv(tmp_path / "v.avi", videos.moving_frames(12, 24, 32), "MJPG")
-    rss = _soak("export", tiny_model, str(tmp_path / "out"), "50", video)
-    assert sorted(rss) == list(range(1, 51))
-    # Peak-to-peak after the first 10 cycles: TensorFlow's allocator breathes by ~100 MB, a leak only grows.
-    late, early = max(rss[c] for c in range(41, 51)), max(rss[c] for c in range(1, 11))
-    assert late - early < 150, f"RSS grew from {early:.0f} to {late:.0f} MB over 50 cycles: {rss}"
+    rss = _soak("export", tiny_model, str(tmp_path / "out"), "30", video)
+    assert sorted(rss) == list(range(1, 31))
+    # Peak-to-peak, cycles 21-30 against 1-10: TensorFlow's allocator breathes by ~100 MB, a leak only grows
+    # (50 cycles until the frame-shard tests needed the time; a leak of 7.5 MB per cycle still fails).
+    late, early = max(rss[c] for c in range(21, 31)), max(rss[c] for c in range(1, 11))
+    assert late - early < 150, f"RSS grew from {early:.0f} to {late:.0f} MB over 30 cycles: {rss}"

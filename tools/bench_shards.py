@@ -11,9 +11,12 @@ measures, in one run and one process:
   1-thread tf.data pool and on the default pool;
 - the test pipeline (10 uniform clips per video, center crop);
 - shard bytes per minute of video and the max and mean abs difference of the
-  normalized test clips against the video path, at several JPEG qualities.
+  normalized test clips against the video path, at several JPEG qualities;
+- with `--service`, the training pipeline from shards through tf.data service
+  on 127.0.0.1 (a dispatcher and 1, then 2 worker processes started with
+  `keras-r21d data-service`) against reading the shards locally.
 
-    python tools/bench_shards.py [--videos 12] [--clips 160] [--qualities 75,90,95]
+    python tools/bench_shards.py [--videos 12] [--clips 160] [--qualities 75,90,95] [--service]
 """
 
 import argparse
@@ -79,6 +82,35 @@ def threaded(ds, threads):
     return ds.with_options(options)
 
 
+def service_rates(shards, config, clips):
+    """Training clips/s through tf.data service with 1 and 2 worker processes on 127.0.0.1."""
+    import socket
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    cli = [sys.executable, "-m", "keras_r21d", "data-service"]
+    port = free_port()
+    processes = [subprocess.Popen(cli + ["dispatcher", "--port", str(port)], stdout=subprocess.PIPE, text=True)]
+    rates = {}
+    try:
+        processes[0].stdout.readline()
+        for count in (1, 2):
+            while len(processes) - 1 < count:
+                worker = subprocess.Popen(cli + ["worker", "--dispatcher", f"127.0.0.1:{port}", "--host",
+                                                 "127.0.0.1"], stdout=subprocess.PIPE, text=True)
+                worker.stdout.readline()
+                processes.append(worker)
+            remote = shards.with_service(f"127.0.0.1:{port}")
+            rates[count] = rate(train_dataset(remote, 8, config, seed=0, repeat=True), clips, 8)
+    finally:
+        for process in processes:
+            process.kill()
+    return rates
+
+
 def eval_clips(dataset, config):
     return np.concatenate([clips.numpy() for clips, _, _ in eval_dataset(dataset, 10, config)])
 
@@ -90,6 +122,7 @@ def main():
     parser.add_argument("--qualities", default="75,90,95")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"some of {','.join(FORMATS)}")
+    parser.add_argument("--service", action="store_true", help="also through tf.data service (1 and 2 workers)")
     args = parser.parse_args()
     qualities = [int(q) for q in args.qualities.split(",")]
     config = ClipConfig(clip_len=16)
@@ -121,6 +154,8 @@ def main():
                     row[f"train_{label}_{threads or 'all'}"] = rate(ds, args.clips, 8)
                 ds = eval_dataset(dataset.__class__.subset(dataset, range(len(dataset))), 10, config).repeat()
                 row[f"eval_{label}"] = rate(ds, args.clips, 10)
+            if args.service:
+                row["service"] = service_rates(shards, config, args.clips)
             rows.append(row)
     cores = os.cpu_count()
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores; TensorFlow {tf.__version__}, "
@@ -134,6 +169,13 @@ def main():
               f"{r['train_videos_all']:.1f} | {r['train_shards_all']:.1f} | "
               f"{r['train_shards_all'] / r['train_videos_all']:.1f}x | {r['eval_videos']:.1f} | "
               f"{r['eval_shards']:.1f} | {r['eval_shards'] / r['eval_videos']:.1f}x |")
+    if args.service:
+        print("\n| videos | train clips/s from shards: local, default pool | tf.data service, 1 worker | 2 workers |")
+        print("|---|---:|---:|---:|")
+        for r in rows:
+            local = r["train_shards_all"]
+            print(f"| {r['format']} | {local:.1f} | {r['service'][1]:.1f} ({r['service'][1] / local:.2f}x) | "
+                  f"{r['service'][2]:.1f} ({r['service'][2] / local:.2f}x) |")
     print("\n| JPEG quality | shard MB per minute of video | max abs diff (normalized test clips) | mean abs diff |")
     print("|---:|---:|---:|---:|")
     for quality, mb, worst, mean in quality_rows:

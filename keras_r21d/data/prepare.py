@@ -221,6 +221,8 @@ def prepare(spec, out, size=RESIZE, fps=None, quality=QUALITY, workers=None, vid
             else:
                 sidecars[path] = sidecar
                 done["videos"] += len(videos)
+                for failure in sidecar["failed"] if report is not None else ():
+                    report(failure["path"], f"{failure['reason']} (in an earlier run of this command)")
     if progress is not None:  # the work resumed from an earlier run, before any decoding (a rate starts here)
         progress(done["videos"], total)
     request = {"size": size if isinstance(size, int) else list(size), "quality": int(quality), "fps": fps}

@@ -57,13 +57,21 @@ class ClipPreprocessor:
     def __call__(self, frames, training=False, seed=None):
         """Test time: resize, center crop, normalize (any leading axes). Training (one clip `(T, H, W, 3)`,
         a stateless `seed` of shape (2,)): resize, optional scale jitter, random crop, optional flip, normalize."""
+        return self.normalize(self.geometry(frames, training, seed))
+
+    def geometry(self, frames, training=False, seed=None):
+        """What `__call__` does before normalizing: float32 clips on the 0..255 scale (whole numbers when no
+        resize is needed, e.g. frame shards stored at the pre-crop size, so a `uint8` cast is exact)."""
         if not training:
-            return transforms.eval_transform(frames, self.resize, self.crop, self.mean, self.std)
+            return transforms.eval_geometry(frames, self.resize, self.crop)
         if seed is None:
             raise ValueError("training preprocessing needs a stateless `seed` (2 integers)")
         seed = tf.convert_to_tensor(seed, tf.int64)
-        return transforms.train_transform(frames, seed, self.resize, self.crop, self.flip, self.scale_jitter,
-                                          self.mean, self.std)
+        return transforms.train_geometry(frames, seed, self.resize, self.crop, self.flip, self.scale_jitter)
+
+    def normalize(self, clips):
+        """0..255 RGB to the network's input: `(x / 255 - mean) / std`, float32."""
+        return transforms.normalize(clips, self.mean, self.std)
 
     def get_config(self):
         """Plain values (JSON), as recorded beside a model; `ClipPreprocessor(**config)` rebuilds it."""

@@ -4,7 +4,7 @@ The same sampling (`sampling`: temporal jitter, stride or target fps,
 short-video policies, uniform test clips) and the same preprocessing
 (`ClipPreprocessor`) as the video pipeline; only the frames a clip needs are
 JPEG-decoded. No `py_function`, `numpy_function` or `from_generator`:
-`python_ops(dataset)` lists any, and the tests assert there are none.
+`service.python_ops(dataset)` lists any, and the tests assert there are none.
 """
 
 import logging
@@ -25,18 +25,6 @@ FEATURES = {
 SHUFFLE_RECORDS = 256
 # Shards read at once.
 CYCLE_LENGTH = 8
-# Dataset ops that run Python: a pipeline holding one cannot run on tf.data service.
-PYTHON_OPS = ("PyFunc", "PyFuncStateless", "EagerPyFunc", "GeneratorDataset")
-
-
-def python_ops(dataset):
-    """The ops of a `tf.data.Dataset`'s graph (its functions included) that call back into Python."""
-    from tensorflow.core.framework import graph_pb2
-
-    graph = graph_pb2.GraphDef()
-    graph.ParseFromString(dataset._as_serialized_graph().numpy())  # noqa: SLF001 - tf.data's own graph export
-    nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
-    return sorted({node.op for node in nodes if node.op in PYTHON_OPS})
 
 
 def _note_unusable(dataset, config, log):
@@ -104,12 +92,28 @@ def decode_frames(jpegs, indices):
     return frames * tf.cast(indices >= 0, tf.uint8)[:, tf.newaxis, tf.newaxis, tf.newaxis]
 
 
-def _options(deterministic):
+def _geometry(preprocessor, frames, dataset, **kwargs):
+    """The clips' resize, crops and flip: normalized here, or as uint8 when tf.data service sends them (a
+    quarter of float32's bytes; exact when no resize is needed) to be normalized on the trainer (`_finish`)."""
+    if dataset.service:
+        return tf.cast(tf.round(preprocessor.geometry(frames, **kwargs)), tf.uint8)
+    return preprocessor(frames, **kwargs)
+
+
+def _finish(ds, dataset, preprocessor, deterministic):
+    """Sends the batched pipeline to tf.data service when the dataset names a dispatcher; prefetch; options."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    if dataset.service:
+        from keras_r21d.data import service
+
+        ds = service.distribute(ds, dataset.service, dataset.job_name)
+        ds = ds.map(lambda clips, *rest: (preprocessor.normalize(clips), *rest), num_parallel_calls=tf.data.AUTOTUNE)
+        # The service splits the data between its consumers already: tf.distribute must not shard it again.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     if deterministic is not None:
         options.deterministic = deterministic
-    return options
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def train_dataset(dataset, batch_size, config, shuffle=True, seed=None, deterministic=None, cache=None,
@@ -136,16 +140,14 @@ def train_dataset(dataset, batch_size, config, shuffle=True, seed=None, determin
         pair = tf.stack([element_seed, tf.constant(0x5EED, tf.int64)])
         start = tf.random.stateless_uniform((), pair + [0, 7], 0, room + 1, dtype=tf.int64)
         indices = sampling.clip_indices(start, num_frames, config.clip_len, stride, config.short_policy)
-        frames = decode_frames(jpegs, indices)
-        clip = preprocessor(frames, training=True, seed=pair)
+        clip = _geometry(preprocessor, decode_frames(jpegs, indices), dataset, training=True, seed=pair)
         return tf.ensure_shape(clip, (config.clip_len, config.crop, config.crop, 3)), tf.gather(labels, video)
 
     ds = tf.data.Dataset.zip(records, seeds).map(clip, num_parallel_calls=tf.data.AUTOTUNE,
                                                   deterministic=deterministic)
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_options(deterministic))
+    return _finish(ds.batch(batch_size, drop_remainder=drop_remainder), dataset, preprocessor, deterministic)
 
 
 def eval_dataset(dataset, batch_size, config, with_video_id=True, deterministic=True, cache=None, bad_videos=None):
@@ -165,14 +167,14 @@ def eval_dataset(dataset, batch_size, config, with_video_id=True, deterministic=
         frames = decode_frames(jpegs, indices)
         shape = tf.shape(frames)
         frames = tf.reshape(frames, (config.test_clips, config.clip_len, shape[1], shape[2], 3))
-        out = tf.ensure_shape(preprocessor(frames), (config.test_clips, config.clip_len, config.crop, config.crop, 3))
+        out = tf.ensure_shape(_geometry(preprocessor, frames, dataset),
+                              (config.test_clips, config.clip_len, config.crop, config.crop, 3))
         label = tf.fill((config.test_clips,), tf.gather(labels, video))
         ids = tf.fill((config.test_clips,), tf.cast(video, tf.int32))
         return (out, label, ids) if with_video_id else (out, label)
 
     ds = records.map(clips, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).unbatch()
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_options(deterministic))
+    return _finish(ds.batch(batch_size), dataset, preprocessor, deterministic)
 
 
 def _sha256(path):

@@ -83,6 +83,8 @@ class ShardDataset(VideoDataset):
         failed: `{path: reason}` of the split's videos that `prepare` could
             not write.
         manifest: the folder's manifest.
+        service, job_name: the tf.data service dispatcher (`HOST:PORT`) the
+            pipelines send their work to, or `None` (`with_service`).
     """
 
     def __init__(self, name, paths, labels, class_names, root, split, files, indices, frames, fps, shard_files,
@@ -97,14 +99,28 @@ class ShardDataset(VideoDataset):
         self.failed = dict(failed)
         self.manifest = manifest
         self.skipped = []
+        self.service = None
+        self.job_name = None
+
+    def with_service(self, address, job_name=None):
+        """A copy read through the tf.data service dispatcher at `address` (`HOST:PORT`; `None`: read here).
+
+        `job_name`: trainer processes that share it share one pass over the
+        data (a multi-worker run); see `data/service.py`.
+        """
+        copy = self.subset(range(len(self)))
+        copy.service, copy.job_name = address, job_name
+        return copy
 
     def subset(self, indices):
         indices = list(indices)
-        return ShardDataset(self.name, [self.paths[i] for i in indices], [self.labels[i] for i in indices],
+        copy = ShardDataset(self.name, [self.paths[i] for i in indices], [self.labels[i] for i in indices],
                             list(self.class_names), self.root, self.split, self.files, self.indices[indices],
                             self.frames[indices], self.fps[indices], [self.shard_files[i] for i in indices],
                             self.all_indices,
                             {p: r for p, r in self.failed.items()}, self.manifest)
+        copy.service, copy.job_name = self.service, self.job_name
+        return copy
 
     @property
     def preprocessing(self):

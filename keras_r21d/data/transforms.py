@@ -76,17 +76,27 @@ def normalize(frames, mean=MEAN, std=STD):
     return (frames - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
+def eval_geometry(frames, resize=RESIZE, crop=CROP):
+    """Test-time geometry of uint8 frames: resize, center crop (float32, 0..255)."""
+    return center_crop(resize_frames(frames, resize), crop)
+
+
 def eval_transform(frames, resize=RESIZE, crop=CROP, mean=MEAN, std=STD):
     """Test-time preprocessing of uint8 frames: resize, center crop, normalize."""
-    return normalize(center_crop(resize_frames(frames, resize), crop), mean, std)
+    return normalize(eval_geometry(frames, resize, crop), mean, std)
 
 
-def train_transform(frames, seed, resize=RESIZE, crop=CROP, flip=True, jitter=None, mean=MEAN, std=STD):
-    """Training preprocessing of a uint8 clip: resize, optional scale jitter, random crop, flip, normalize."""
+def train_geometry(frames, seed, resize=RESIZE, crop=CROP, flip=True, jitter=None):
+    """Training geometry of a uint8 clip: resize, optional scale jitter, random crop, flip (float32, 0..255)."""
     clip = resize_frames(frames, resize)
     if jitter is not None:
         clip = scale_jitter(clip, jitter, seed)
     clip = random_crop(clip, crop, seed)
     if flip:
         clip = random_flip(clip, seed)
-    return normalize(clip, mean, std)
+    return clip
+
+
+def train_transform(frames, seed, resize=RESIZE, crop=CROP, flip=True, jitter=None, mean=MEAN, std=STD):
+    """Training preprocessing of a uint8 clip: resize, optional scale jitter, random crop, flip, normalize."""
+    return normalize(train_geometry(frames, seed, resize, crop, flip, jitter), mean, std)

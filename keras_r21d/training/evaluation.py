@@ -177,7 +177,8 @@ def load_model(path):
     return load_keras_model(path)
 
 
-def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_dir=None, class_names=None):
+def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_dir=None, class_names=None,
+             data_service=None, data_service_timeout=600.0):
     """Evaluates a model (or a `.keras` path) on a dataset's test subset at clip and video level.
 
     Args:
@@ -194,6 +195,10 @@ def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_di
             order either lists them in; a dataset class the model does not
             know raises `ClassMismatchError` before any video is decoded. A
             model with no names is paired by position, with a warning.
+        data_service: `HOST:PORT` of a tf.data service dispatcher: the test
+            clips are read by its workers (frame shards only).
+        data_service_timeout: seconds without a batch from the service
+            before the process stops with an error (`service.StallWatchdog`).
 
     Returns:
         The metrics dict (`clip_top1`, `clip_top5`, `video_top1`, `video_top5`,
@@ -210,6 +215,15 @@ def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_di
             class_names = recorded_class_names(model)
         model = load_model(model)
     dataset = load_dataset(data, "test") if isinstance(data, str) else data
+    if data_service:
+        from keras_r21d.data.service import through_service
+
+        dataset = through_service(dataset, data_service, data if isinstance(data, str) else None)
     dataset = align_to_model(dataset, class_names, int(model.output_shape[-1]), label)
     config = test_clip_config(model, record, clips, frames, size)
-    return evaluate_model(model, dataset, config, batch_size, out_dir)
+    if not data_service:
+        return evaluate_model(model, dataset, config, batch_size, out_dir)
+    from keras_r21d.data.service import StallWatchdog
+
+    with StallWatchdog(data_service_timeout, data_service):
+        return evaluate_model(model, dataset, config, batch_size, out_dir)

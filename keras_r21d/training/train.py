@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -72,6 +73,13 @@ class TrainConfig:
     (BENCHMARKS.md); the weights are the same whatever the lowering.
     `arch`, `depth`, `width_multiplier` and `dropout` come from the source
     (`arch` and `depth` name the network of a preset).
+
+    `data_service` (`HOST:PORT` of a tf.data service dispatcher) sends the
+    input pipeline to the service's workers; it needs frame shards
+    (`data="shards:DIR"`, written by `keras-r21d prepare`). When no batch
+    comes from the service for `data_service_timeout` seconds (a worker gone
+    and not restarted at its address), the process stops with an error
+    (exit status 2) rather than waiting forever; `--resume` goes on.
     """
 
     data: str
@@ -111,6 +119,8 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0
     finetune_lr: float = None
     trainable_from: str = None
+    data_service: str = None
+    data_service_timeout: float = 600.0
 
     def __post_init__(self):
         if self.arch not in VARIANTS:
@@ -264,6 +274,31 @@ def _write_record(run_dir, record):
     atomic_write_text(os.path.join(run_dir, "run.json"), json.dumps(record, indent=2))
 
 
+def _stall_watchdog(config, on_stall=None):
+    """Stops the process when the tf.data service sends no batch for `data_service_timeout` s (a worker gone)."""
+    if not config.data_service:
+        return contextlib.nullcontext()
+    from keras_r21d.data.service import StallWatchdog
+
+    return StallWatchdog(config.data_service_timeout, config.data_service, on_stall=on_stall)
+
+
+def _through_service(config, strategy, train_set, val_set):
+    """The shard datasets read through the dispatcher: the trainer processes of a multi-worker run share one
+    training job (each clip goes to one of them); validation is each process's own job. Video datasets and an
+    unreachable dispatcher are refused (`service.through_service`)."""
+    from keras_r21d.data.service import through_service
+    from keras_r21d.data.shards import ShardDataset
+
+    job = None
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        job = f"keras_r21d-train-{hashlib.sha256(os.path.abspath(config.out).encode()).hexdigest()[:12]}"
+    train_set = through_service(train_set, config.data_service, config.data, job)
+    if isinstance(val_set, ShardDataset):
+        val_set = through_service(val_set, config.data_service)
+    return train_set, val_set
+
+
 def train(config=None, callbacks=None, **kwargs):
     """Trains a network of the family on a video dataset, evaluates it, writes a run directory.
 
@@ -306,6 +341,8 @@ def train(config=None, callbacks=None, **kwargs):
     keras.utils.set_random_seed(config.seed)
 
     train_set = load_dataset(config.data, "train")
+    if config.data_service:  # refused before a model is built: video data, no dispatcher at the address
+        _through_service(config, None, train_set, None)
     if config.max_train_videos:
         train_set = train_set.subset(range(min(config.max_train_videos, len(train_set))))
     if not train_set.paths:
@@ -359,6 +396,8 @@ def train(config=None, callbacks=None, **kwargs):
                 set_trainable(model, phases[0][1])
                 _compile(model, config, phases[0][2], steps_per_epoch, phases[0][0])
 
+        if config.data_service:
+            train_set, val_set = _through_service(config, strategy, train_set, val_set)
         bad_videos = BadVideoLog()  # one per run: a bad video is reported once, whichever pass meets it
         train_ds = train_dataset(train_set, batch_size, config.clip_config(), seed=config.seed,
                                  bad_videos=bad_videos, repeat=True)
@@ -405,31 +444,40 @@ def train(config=None, callbacks=None, **kwargs):
             _prebuild_for_multi_worker(model, strategy, train_ds)
         started = time.time()
         history = {}
+
+        def stalled():
+            if chief:
+                record.update({"status": "interrupted", "epochs_done": _epochs_done(checkpoint_dir),
+                               "stopped": "no batch from the tf.data service", "skipped_videos":
+                               dict(bad_videos.failures)})
+                _write_record(run_dir, record)
+
         try:
-            for index, (start, (end, stage, lr)) in enumerate(zip(starts, phases)):
-                if initial_epoch >= end:
-                    continue
-                if index > 0 and initial_epoch <= start:
-                    # Entering this phase: unfreeze from `stage` on and start a new optimizer at its rate.
-                    with strategy.scope():
-                        set_trainable(model, stage)
-                        _compile(model, config, lr, steps_per_epoch, end - start)
-                    if multi_worker:
-                        _prebuild_for_multi_worker(model, strategy, train_ds)
-                with warnings.catch_warnings():
-                    # Keras says "Your input ran out of data" at the end of every epoch of a finite dataset;
-                    # the dataset repeats and every epoch has its steps: nothing is cut short.
-                    warnings.filterwarnings("ignore", message=".*ran out of data.*")
-                    phase_history = model.fit(
-                        train_ds, validation_data=None if data_parallel else val_ds, epochs=end,
-                        initial_epoch=max(initial_epoch, start),
-                        steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
-                        verbose="auto" if sys.stdout.isatty() and not os.environ.get("CI") else 2,
-                    ).history
-                for key, values in phase_history.items():
-                    history.setdefault(key, []).extend(values)
-                if chief:
-                    csv_log.append = True  # the next phase adds its rows
+            with _stall_watchdog(config, stalled):
+                for index, (start, (end, stage, lr)) in enumerate(zip(starts, phases)):
+                    if initial_epoch >= end:
+                        continue
+                    if index > 0 and initial_epoch <= start:
+                        # Entering this phase: unfreeze from `stage` on and start a new optimizer at its rate.
+                        with strategy.scope():
+                            set_trainable(model, stage)
+                            _compile(model, config, lr, steps_per_epoch, end - start)
+                        if multi_worker:
+                            _prebuild_for_multi_worker(model, strategy, train_ds)
+                    with warnings.catch_warnings():
+                        # Keras says "Your input ran out of data" at the end of every epoch of a finite dataset;
+                        # the dataset repeats and every epoch has its steps: nothing is cut short.
+                        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+                        phase_history = model.fit(
+                            train_ds, validation_data=None if data_parallel else val_ds, epochs=end,
+                            initial_epoch=max(initial_epoch, start),
+                            steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
+                            verbose="auto" if sys.stdout.isatty() and not os.environ.get("CI") else 2,
+                        ).history
+                    for key, values in phase_history.items():
+                        history.setdefault(key, []).extend(values)
+                    if chief:
+                        csv_log.append = True  # the next phase adds its rows
         except KeyboardInterrupt:
             done = _epochs_done(checkpoint_dir)
             if chief:
@@ -451,8 +499,9 @@ def train(config=None, callbacks=None, **kwargs):
             return result
         model_path = os.path.join(run_dir, "model.keras")
         atomic_save_model(model, model_path)
-        report = evaluate_model(model, val_set, config.clip_config(), batch_size,
-                                out_dir=os.path.join(run_dir, "eval"), bad_videos=bad_videos)
+        with _stall_watchdog(config):
+            report = evaluate_model(model, val_set, config.clip_config(), batch_size,
+                                    out_dir=os.path.join(run_dir, "eval"), bad_videos=bad_videos)
     plots = plot_history(os.path.join(run_dir, "history.csv"), run_dir)
     record.update({"status": "done", "train_seconds": round(train_seconds, 1), "model": model_path,
                    "results": {k: report[k] for k in ("clip_top1", "clip_top5", "video_top1", "video_top5",
