@@ -197,6 +197,14 @@ def test_out_folder_mistakes(prepared, tmp_path):
     assert os.listdir(foreign) == ["notes.txt"]
     with pytest.raises(PrepareError, match="quality=90 there, 80 now"):
         prepare(spec, out, size=SIZE, quality=80, videos_per_shard=2)
+    source = spec.split(":", 1)[1]
+    extra = os.path.join(source, "test", "a", "extra.avi")
+    os.link(os.path.join(source, "test", "a", "ramp.avi"), extra)
+    try:
+        with pytest.raises(PrepareError, match="videos=.*test.*3 videos"):
+            prepare(spec, out, size=SIZE, videos_per_shard=2)
+    finally:
+        os.remove(extra)
     (tmp_path / "file").write_text("")
     with pytest.raises(PrepareError, match="is a file"):
         prepare(spec, str(tmp_path / "file"), size=SIZE)

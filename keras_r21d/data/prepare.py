@@ -15,13 +15,13 @@ import collections
 import concurrent.futures
 import datetime
 import errno
-import hashlib
 import json
 import logging
 import os
 import shutil
 import threading
 
+from keras_r21d._files import atomic_write_text, sha256_of
 from keras_r21d.data import shards
 from keras_r21d.data.datasets import load_dataset
 from keras_r21d.data.defaults import RESIZE
@@ -77,21 +77,7 @@ def _check_out(out, settings):
 
 
 def _write_json(path, value):
-    """Writes JSON through a temporary file, fsync and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    atomic_write_text(path, json.dumps(value, indent=1))
 
 
 def _finished(path):
@@ -99,7 +85,7 @@ def _finished(path):
     try:
         with open(path + ".json", encoding="utf-8") as f:
             sidecar = json.load(f)
-        if os.path.getsize(path) == sidecar["bytes"] and _sha256(path) == sidecar["sha256"]:
+        if os.path.getsize(path) == sidecar["bytes"] and sha256_of(path) == sidecar["sha256"]:
             return sidecar
         logger.warning("%s does not match its sidecar's hash: writing it again", path)
     except (OSError, ValueError, KeyError):
@@ -206,6 +192,8 @@ def prepare(spec, out, size=RESIZE, fps=None, quality=QUALITY, workers=None, vid
     if list(datasets["test"].class_names) != classes:
         raise ValueError(f"{spec}: the train and test splits list different classes")
     settings = _settings(spec, size, fps, quality, videos_per_shard)
+    # The video lists too: a shard's videos are its place in them, so a resumed run must see the same lists.
+    settings["videos"] = {split: datasets[split].fingerprint() for split in shards.SPLITS}
     partial = _check_out(out, settings)
     workers = workers or os.cpu_count() or 1
     jobs = {split: _jobs(datasets[split], split, int(videos_per_shard), out) for split in shards.SPLITS}
@@ -276,7 +264,7 @@ def prepare(spec, out, size=RESIZE, fps=None, quality=QUALITY, workers=None, vid
                         os.fsync(f.fileno())
                     os.replace(tmp, path)
                     sidecar = {"file": os.path.basename(path), "bytes": os.path.getsize(path),
-                               "sha256": _sha256(path), "videos": written, "failed": failed}
+                               "sha256": sha256_of(path), "videos": written, "failed": failed}
                     _write_json(path + ".json", sidecar)
                 except (OSError, tf.errors.OpError) as error:
                     code = getattr(error, "errno", None)
@@ -308,14 +296,8 @@ def _finish(out, spec, settings, classes, datasets, jobs, sidecars):
             failed += sidecar["failed"]
             entries.append({"file": sidecar["file"], "videos": len(sidecar["videos"]), "bytes": sidecar["bytes"],
                             "sha256": sidecar["sha256"]})
-        videos_path = os.path.join(out, shards.videos_file(split))
-        tmp = f"{videos_path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for video in listing:
-                f.write(json.dumps(video) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, videos_path)
+        atomic_write_text(os.path.join(out, shards.videos_file(split)),
+                          "".join(json.dumps(video) + "\n" for video in listing))
         videos_in = len(datasets[split].paths)
         splits[split] = {"videos_in": videos_in, "written": len(listing), "failed": videos_in - len(listing),
                          "frames": sum(v["frames"] for v in listing),

@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 
+from keras_r21d._files import sha256_of
 from keras_r21d._tensorflow import tf
 from keras_r21d.data import sampling
 
@@ -177,16 +178,6 @@ def eval_dataset(dataset, batch_size, config, with_video_id=True, deterministic=
     return _finish(ds.batch(batch_size), dataset, preprocessor, deterministic)
 
 
-def _sha256(path):
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_shards(dataset, clip_len=16, frame_stride=1, progress=None):
     """`check_videos` for a `ShardDataset`: each shard's SHA-256 against the manifest, each record parsed, its
     first and last frames decoded, its length against a clip's; then the videos `prepare` could not write.
@@ -204,7 +195,7 @@ def check_shards(dataset, clip_len=16, frame_stride=1, progress=None):
         mine = [i for i, name in enumerate(dataset.shard_files) if name == shard["file"]]
         if not mine:
             continue
-        problem = None if _sha256(file) == shard["sha256"] else (
+        problem = None if sha256_of(file) == shard["sha256"] else (
             f"{shard['file']}: SHA-256 differs from the manifest's (the shard changed after prepare)")
         try:
             for record in tf.data.TFRecordDataset(file) if problem is None else ():

@@ -2,25 +2,7 @@
 
 import os
 
-
-def _tmp(path):
-    return f"{path}.tmp-{os.getpid()}"
-
-
-def atomic_write_bytes(path, data):
-    """Writes a file through a temporary file, fsync and a rename."""
-    tmp = _tmp(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path, text):
-    """Writes a UTF-8 text file through a temporary file, fsync and a rename."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
+from keras_r21d._files import atomic_write_bytes, atomic_write_text  # noqa: F401 - their home is _files
 
 TMP_PREFIX = ".tmp-"
 

@@ -9,12 +9,12 @@ takes a local `.weights.h5` or `.pth` file, or a URL of one.
 """
 
 import dataclasses
-import hashlib
 import os
 import tempfile
 
 import keras
 
+from keras_r21d._files import sha256_of  # noqa: F401 - also imported from here (cli convert)
 from keras_r21d.data import defaults
 from keras_r21d.models.classifier import VideoClassifier
 from keras_r21d.models.network import variant_network
@@ -147,15 +147,6 @@ def cache_dir(cache_dir=None):
     if cache_dir:
         return cache_dir
     return os.environ.get("KERAS_R21D_CACHE") or os.path.join(os.path.expanduser("~"), ".keras", "keras_r21d")
-
-
-def sha256_of(path):
-    """The hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download(url, expected_sha256=None, folder=None):
