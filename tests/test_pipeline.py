@@ -257,3 +257,16 @@ def test_one_preprocessor_for_training_evaluation_and_serving():
         dataclasses.replace(preprocessor, crop=0)
     with pytest.raises(ValueError, match="seed"):
         preprocessor(video[:4], training=True)
+
+
+@pytest.mark.parametrize("shape", [(16, 12, 10, 3), (2, 4, 7, 9, 3), (5, 3)])
+def test_normalize_is_the_formula_bit_for_bit(shape):
+    """`normalize` works on the (..., W * 3) view for speed: the floats are those of (x / 255 - mean) / std."""
+    from keras_r21d.data.transforms import normalize
+
+    frames = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    formula = (frames.astype(np.float32) / np.float32(255.0) - np.asarray(MEAN, np.float32)) / np.asarray(
+        STD, np.float32)
+    np.testing.assert_array_equal(normalize(frames).numpy(), formula)
+    traced = tf.function(normalize).get_concrete_function(tf.TensorSpec((None, *shape[1:]), tf.uint8))
+    assert traced.structured_outputs.shape.as_list() == [None, *shape[1:]]  # the static shape is kept
