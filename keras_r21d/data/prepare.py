@@ -143,10 +143,10 @@ def _jobs(dataset, split, videos_per_shard, out):
     """The split's shards as `(file, [(index, video), ...])`, in order."""
     count = max(1, -(-len(dataset.paths) // videos_per_shard))
     common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in dataset.paths]) if dataset.paths else ""
-    videos = [{"path": path, "label": int(label), "video_id": os.path.relpath(os.path.abspath(path), common)}
-              for path, label in zip(dataset.paths, dataset.labels)]
+    videos = [(index, {"path": path, "label": int(label), "video_id": os.path.relpath(os.path.abspath(path), common)})
+              for index, (path, label) in enumerate(zip(dataset.paths, dataset.labels))]
     return [(os.path.join(out, shards.shard_name(split, n, count)),
-             list(enumerate(videos))[n * videos_per_shard:(n + 1) * videos_per_shard]) for n in range(count)]
+             videos[n * videos_per_shard:(n + 1) * videos_per_shard]) for n in range(count)]
 
 
 def prepare(spec, out, size=RESIZE, fps=None, quality=QUALITY, workers=None, videos_per_shard=VIDEOS_PER_SHARD,
