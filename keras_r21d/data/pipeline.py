@@ -103,11 +103,15 @@ class BadVideoLog:
             self.consecutive = 0
             self.decoded += 1
 
+    def _record(self, path, reason):
+        """Records (and logs) a video's first failure; the caller holds the lock."""
+        if path not in self.failures:
+            self.failures[path] = reason
+            logger.warning("skipping video %s: %s", path, reason)
+
     def fail(self, path, reason):
         with self._lock:
-            if path not in self.failures:
-                self.failures[path] = reason
-                logger.warning("skipping video %s: %s", path, reason)
+            self._record(path, reason)
             self.consecutive += 1
             if self.consecutive >= self.max_consecutive:
                 recent = "; ".join(f"{p}: {r}" for p, r in list(self.failures.items())[-3:])
@@ -120,9 +124,7 @@ class BadVideoLog:
         """Records a video left out before reading (e.g. one `prepare` could not write), without counting it
         as a decoding failure in a row."""
         with self._lock:
-            if path not in self.failures:
-                self.failures[path] = reason
-                logger.warning("skipping video %s: %s", path, reason)
+            self._record(path, reason)
 
     def summary(self):
         return f"{self.decoded} clips decoded, {len(self.failures)} videos skipped"

@@ -7,15 +7,11 @@ JPEG-decoded. No `py_function`, `numpy_function` or `from_generator`:
 `service.python_ops(dataset)` lists any, and the tests assert there are none.
 """
 
-import logging
-
 import numpy as np
 
 from keras_r21d._files import sha256_of
 from keras_r21d._tensorflow import tf
 from keras_r21d.data import sampling
-
-logger = logging.getLogger("keras_r21d.data")
 
 FEATURES = {
     "frames": tf.io.VarLenFeature(tf.string),
@@ -189,10 +185,13 @@ def check_shards(dataset, clip_len=16, frame_stride=1, progress=None):
     from keras_r21d.data.check import judge
 
     position = {int(index): i for i, index in enumerate(dataset.indices)}
+    by_shard = {}
+    for i, name in enumerate(dataset.shard_files):
+        by_shard.setdefault(name, []).append(i)
     results = {}
     for shard in dataset.manifest["splits"][dataset.split]["shards"]:
         file = os.path.join(dataset.root, shard["file"])
-        mine = [i for i, name in enumerate(dataset.shard_files) if name == shard["file"]]
+        mine = by_shard.get(shard["file"])
         if not mine:
             continue
         problem = None if sha256_of(file) == shard["sha256"] else (

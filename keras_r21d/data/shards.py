@@ -117,15 +117,9 @@ class ShardDataset(VideoDataset):
         copy = ShardDataset(self.name, [self.paths[i] for i in indices], [self.labels[i] for i in indices],
                             list(self.class_names), self.root, self.split, self.files, self.indices[indices],
                             self.frames[indices], self.fps[indices], [self.shard_files[i] for i in indices],
-                            self.all_indices,
-                            {p: r for p, r in self.failed.items()}, self.manifest)
+                            self.all_indices, self.failed, self.manifest)
         copy.service, copy.job_name = self.service, self.job_name
         return copy
-
-    @property
-    def preprocessing(self):
-        """How the frames were stored: `{"size", "fps", "quality", ...}` from the manifest."""
-        return dict(self.manifest["preprocessing"])
 
 
 def load_shards(root, subset="train", name=None):

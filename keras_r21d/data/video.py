@@ -114,6 +114,14 @@ def _to_rgb_into(frame, out, interpolation=cv2.INTER_AREA):
         cv2.cvtColor(small, code, dst=out)
 
 
+def _target_size(height, width, size):
+    """`(height, width)` frames of `height x width` are stored at: `size` as `(h, w)`, or an int short side."""
+    if isinstance(size, (int, np.integer)):
+        scale = int(size) / min(height, width)
+        return int(round(height * scale)), int(round(width * scale))
+    return int(size[0]), int(size[1])
+
+
 def shrunk_size(height, width, target):
     """The size frames of `height x width` are decoded at to be resized to `target` later.
 
@@ -128,10 +136,7 @@ def shrunk_size(height, width, target):
     """
     if target is None or height * width == 0:
         return height, width
-    if isinstance(target, (int, np.integer)):
-        scale = int(target) / min(height, width)
-        target = (int(round(height * scale)), int(round(width * scale)))
-    target = (int(target[0]), int(target[1]))
+    target = _target_size(height, width, target)
     return target if target[0] * target[1] * SHRINK_ABOVE < height * width else (height, width)
 
 
@@ -296,14 +301,6 @@ def read_video(path, max_pixels=MAX_DECODE_PIXELS):
     limit) is refused with a `VideoDecodeError` before it is decoded.
     """
     return decode_clip(path, lambda num_frames, fps: np.arange(num_frames), max_pixels=max_pixels)[0]
-
-
-def _target_size(height, width, size):
-    """`(height, width)` frames of `height x width` are stored at: `size` as `(h, w)`, or an int short side."""
-    if isinstance(size, (int, np.integer)):
-        scale = int(size) / min(height, width)
-        return int(round(height * scale)), int(round(width * scale))
-    return int(size[0]), int(size[1])
 
 
 def _to_bgr(frame, size):

@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset
+from keras_r21d.data.service import STALL_TIMEOUT
 from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.training.backend import model_function
 from keras_r21d.training.io import atomic_write_text
@@ -178,7 +179,7 @@ def load_model(path):
 
 
 def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_dir=None, class_names=None,
-             data_service=None, data_service_timeout=600.0):
+             data_service=None, data_service_timeout=STALL_TIMEOUT):
     """Evaluates a model (or a `.keras` path) on a dataset's test subset at clip and video level.
 
     Args:

@@ -20,6 +20,7 @@ from keras_r21d._tensorflow import tf
 from keras_r21d.classes import align_to_model
 from keras_r21d.data.datasets import load_dataset, split_description
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, train_dataset
+from keras_r21d.data.service import STALL_TIMEOUT
 from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.models.registry import get_model
 from keras_r21d.models.specs import VARIANTS, clip_input_shape
@@ -120,7 +121,7 @@ class TrainConfig:
     finetune_lr: float = None
     trainable_from: str = None
     data_service: str = None
-    data_service_timeout: float = 600.0
+    data_service_timeout: float = STALL_TIMEOUT
 
     def __post_init__(self):
         if self.arch not in VARIANTS:
