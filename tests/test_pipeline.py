@@ -270,3 +270,49 @@ def test_normalize_is_the_formula_bit_for_bit(shape):
     np.testing.assert_array_equal(normalize(frames).numpy(), formula)
     traced = tf.function(normalize).get_concrete_function(tf.TensorSpec((None, *shape[1:]), tf.uint8))
     assert traced.structured_outputs.shape.as_list() == [None, *shape[1:]]  # the static shape is kept
+
+
+@pytest.mark.parametrize("size", [(24, 30), (40, 54), 24])
+def test_geometry_crops_before_the_cast_with_the_same_values(size):
+    """Frames already at the resize size (frame shards) are cropped and flipped as uint8, then cast: the values
+    of the reference order (resize to float32, crop, `tf.reverse` flip) for every seed, and for frames that need
+    a resize (40x54 to 24x30, or to a short side of 24) the reference too."""
+    from keras_r21d.data import transforms
+
+    rng = np.random.default_rng(1)
+    for shape in ((5, 24, 30, 3), (5, 40, 54, 3)):
+        frames = rng.integers(0, 256, shape, dtype=np.uint8)
+        resized = transforms.resize_frames(frames, size)
+        top, left = (resized.shape[1] - 16) // 2, (resized.shape[2] - 16) // 2
+        center = resized[:, top:top + 16, left:left + 16]
+        np.testing.assert_array_equal(transforms.eval_geometry(frames, size, 16).numpy(), center.numpy())
+        flips = set()
+        for s in range(12):
+            seed = tf.constant([s, 7], tf.int64)
+            reference = transforms.random_crop(resized, 16, seed)
+            flipped = tf.random.stateless_uniform((), seed + [0, 2]) < 0.5
+            flips.add(bool(flipped))
+            reference = tf.reverse(reference, axis=[2]) if flipped else reference
+            out = transforms.train_geometry(frames, seed, size, 16)
+            assert out.dtype == tf.float32
+            np.testing.assert_array_equal(out.numpy(), reference.numpy())
+        assert flips == {True, False}
+
+
+def test_shard_frames_decode_the_same_with_or_without_the_loop(monkeypatch):
+    """A training clip's frames are decoded by unrolled ops, test clips' in a loop over the distinct frames:
+    the same frames, black for `-1` (the 'pad' policy), repeats for 'loop'."""
+    from keras_r21d.data import shard_pipeline
+
+    rng = np.random.default_rng(2)
+    jpegs = tf.stack([tf.io.encode_jpeg(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)) for _ in range(6)])
+    decoded = np.stack([tf.io.decode_jpeg(j, dct_method="INTEGER_ACCURATE").numpy() for j in jpegs])
+    indices = np.array([4, 5, 0, 1, 5, -1, -1, 2])
+    expected = np.where((indices >= 0)[:, None, None, None], decoded[np.maximum(indices, 0)], 0)
+    unrolled = shard_pipeline.decode_frames(jpegs, tf.constant(indices))  # static length 8 <= UNROLL
+    dynamic = tf.function(shard_pipeline.decode_frames, input_signature=[
+        tf.TensorSpec((None,), tf.string), tf.TensorSpec((None,), tf.int64)])(jpegs, tf.constant(indices))
+    monkeypatch.setattr(shard_pipeline, "UNROLL", 4)  # 8 static indices: the loop
+    looped = shard_pipeline.decode_frames(jpegs, tf.constant(indices))
+    for out in (unrolled, dynamic, looped):
+        np.testing.assert_array_equal(out.numpy(), expected)

@@ -22,6 +22,8 @@ FEATURES = {
 SHUFFLE_RECORDS = 256
 # Shards read at once.
 CYCLE_LENGTH = 8
+# Frames a clip decodes without a loop (`decode_frames`).
+UNROLL = 64
 
 
 def _note_unusable(dataset, config, log):
@@ -80,13 +82,29 @@ def _stride(fps, config):
 
 
 def decode_frames(jpegs, indices):
-    """The uint8 RGB frames at `indices` (`-1`: a black frame) of a video's JPEG strings; each decoded once."""
+    """The uint8 RGB frames at `indices` (`-1`: a black frame) of a video's JPEG strings.
+
+    With a static count of at most `UNROLL` indices (a training clip), one
+    `decode_jpeg` per index in the graph: no loop, and tf.data's threads can
+    run them in parallel (BENCHMARKS.md, "Frame shards"); a frame repeated by a
+    short video's policy is decoded again. Otherwise (test clips) each
+    distinct frame is decoded once in a loop.
+    """
     indices = tf.reshape(tf.cast(indices, tf.int64), (-1,))
-    distinct, where = tf.unique(tf.maximum(indices, 0))
-    frames = tf.map_fn(lambda data: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
-                       tf.gather(jpegs, distinct), fn_output_signature=tf.TensorSpec((None, None, 3), tf.uint8))
-    frames = tf.gather(frames, where)
+    count = indices.shape[0]
+    if count is not None and count <= UNROLL:
+        selected = tf.gather(jpegs, tf.maximum(indices, 0))
+        frames = tf.stack([_decode(selected[i]) for i in range(count)])
+    else:
+        distinct, where = tf.unique(tf.maximum(indices, 0))
+        frames = tf.map_fn(_decode, tf.gather(jpegs, distinct),
+                           fn_output_signature=tf.TensorSpec((None, None, 3), tf.uint8))
+        frames = tf.gather(frames, where)
     return frames * tf.cast(indices >= 0, tf.uint8)[:, tf.newaxis, tf.newaxis, tf.newaxis]
+
+
+def _decode(data):
+    return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
 
 
 def _geometry(preprocessor, frames, dataset, **kwargs):
