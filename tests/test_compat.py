@@ -1,4 +1,5 @@
-"""Files written by keras_r21d 0.1.0 (tests/data/v0_1_0/, see its README) keep loading with the same outputs."""
+"""Files written by keras_r21d 0.1.0 (tests/data/v0_1_0/, see its README) and by main after the core redesign
+(tests/data/main_9fbe431/) keep loading with the same outputs."""
 
 import json
 import os
@@ -62,17 +63,23 @@ def test_the_model_files_are_all_there():
                            "r2plus1d_torchvision", "r3d", "rmc3"]
 
 
-@pytest.mark.parametrize("name", MODEL_FILES)
-def test_old_model_files_give_their_recorded_outputs(name):
+REDESIGN_MODELS = os.path.join(os.path.dirname(__file__), "data", "main_9fbe431", "models")
+
+
+@pytest.mark.parametrize("folder, name", [(MODELS, name) for name in MODEL_FILES] + [
+    (REDESIGN_MODELS, name) for name in ("r2d", "r3d", "r2plus1d", "r2plus1d_torchvision")])
+def test_old_model_files_give_their_recorded_outputs(folder, name):
     """Models written by 0.1.0 (non-trivial BatchNorm statistics; a bottleneck depth, torchvision's reading, a
-    fine-tuned head) load with plain Keras and give the outputs 0.1.0 recorded, folded too."""
+    fine-tuned head), and by main after the core redesign (its networks are rebuilt from their configs, so their
+    weights' paths in the file follow today's layer classes), load with plain Keras and give the outputs they
+    recorded, folded too."""
     import keras
     import numpy as np
 
     import keras_r21d
 
-    recorded = np.load(os.path.join(MODELS, "outputs.npz"))
-    model = keras.models.load_model(os.path.join(MODELS, f"{name}.keras"), safe_mode=True)
+    recorded = np.load(os.path.join(folder, "outputs.npz"))
+    model = keras.models.load_model(os.path.join(folder, f"{name}.keras"), safe_mode=True)
     outputs = np.asarray(model(recorded["clips"], training=False))
     np.testing.assert_allclose(outputs, recorded[name], atol=1e-6)
     folded = keras_r21d.fold_batchnorm(model)

@@ -192,3 +192,63 @@ def test_every_entry_point_checks_the_lowering_the_same_way():
                   lambda: with_implementation(model, "conv4d")):
         with pytest.raises(ValueError, match=message):
             build()
+
+
+@pytest.mark.parametrize("shape, epsilon, policy", [((2, 3, 6, 5, 4), 1e-3, "float32"),
+                                                    ((3, 5, 7, 8), 1e-5, "float32"),
+                                                    ((2, 3, 6, 5, 4), 1e-3, "mixed_bfloat16")])
+def test_fused_batchnorm_trains_as_keras_batchnorm(shape, epsilon, policy):
+    """`keras_r21d.layers.BatchNormalization`'s fused training call against Keras' layer with the same weights: the
+    outputs, the gradients of the input, gamma and beta, and the moving averages after two steps (1e-5; the
+    bf16 policy's outputs to its precision); inference is Keras' own code."""
+    import tensorflow as tf
+
+    from keras_r21d.layers import BatchNormalization as FusedBatchNormalization
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, shape).astype("float32"))
+    layers = [cls(epsilon=epsilon, momentum=0.8, dtype=policy)
+              for cls in (keras.layers.BatchNormalization, FusedBatchNormalization)]
+    for layer in layers:
+        layer.build(shape)
+        layer.set_weights([rng.normal(1, 0.2, shape[-1]), rng.normal(0, 0.2, shape[-1]),
+                           rng.normal(0, 0.1, shape[-1]), rng.uniform(0.5, 2, shape[-1])] if layer is layers[0]
+                          else layers[0].get_weights())
+    seen = []
+    for layer in layers:
+        outs = []
+        for step in range(2):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x * (step + 1), training=True)
+                loss = tf.reduce_sum(tf.cast(y, "float32") * tf.sin(tf.range(tf.size(y), dtype="float32")
+                                                                     ).numpy().reshape(shape))
+            outs.append([y.numpy().astype("float32"), *[g.numpy() for g in tape.gradient(
+                loss, [x, layer.gamma, layer.beta])]])
+        seen.append((outs, [w.copy() for w in layer.get_weights()], layer(x, training=False).numpy()))
+    (plain, plain_weights, plain_infer), (fused, fused_weights, fused_infer) = seen
+    graph = tf.function(lambda x: layers[1](x, training=True)).get_concrete_function(x).graph
+    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}  # the fused path ran
+    tolerance = 1e-2 if policy == "mixed_bfloat16" else 1e-5
+    for a_step, b_step in zip(plain, fused):
+        for a, b in zip(a_step, b_step):
+            np.testing.assert_allclose(b, a, rtol=tolerance, atol=tolerance)
+    for a, b in zip(plain_weights, fused_weights):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused_infer.astype("float32"), plain_infer.astype("float32"), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_batchnorm_config_and_files(tmp_path):
+    """Its config is Keras' layer's; a model holding it saves and loads with safe_mode on, the same outputs."""
+    from keras_r21d.layers import BatchNormalization as FusedBatchNormalization
+
+    layer = FusedBatchNormalization(epsilon=1e-5, momentum=0.9, name="bn")
+    assert layer.get_config() == keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name="bn").get_config()
+    inputs = keras.Input((2, 4, 4, 3))
+    model = keras.Model(inputs, FusedBatchNormalization(name="bn")(inputs))
+    x = random_clip((2, 2, 4, 4, 3))
+    model.layers[-1].set_weights([np.full(3, 2.0), np.ones(3), np.full(3, 0.5), np.full(3, 4.0)])
+    model.save(tmp_path / "bn.keras")
+    loaded = keras.saving.load_model(tmp_path / "bn.keras", safe_mode=True)
+    assert type(loaded.layers[-1]) is FusedBatchNormalization
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-6)

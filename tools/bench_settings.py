@@ -7,7 +7,8 @@ after one warm-up is printed. Configurations: `default`, `onednn_off`
 (`TF_ENABLE_ONEDNN_OPTS=0`), `conv3d` (`implementation="conv3d"`), `conv2d`
 (`implementation="conv2d"`: full 3D kernels by temporal im2col), `folded`
 (inference of `keras_r21d.fold_batchnorm(model)`), `xla` (`jit_compile=True`),
-`folded_xla`; CONFIGS is
+`folded_xla`, `plain_bn` (Keras' own BatchNormalization code in training,
+the before of `BatchNormalization`'s fused call); CONFIGS is
 a comma-separated subset. SHAPE is `FRAMESxSIZE[xWIDTH_MULTIPLIER]`
 (default `16x112x1`), e.g. the small networks of `make demo` and
 `keras-r21d study`:
@@ -34,6 +35,7 @@ CONFIGS = {  # name: (environment, setup arguments)
     "folded": ({}, {"fold_batchnorm": True}),
     "xla": ({}, {"jit_compile": True}),
     "folded_xla": ({}, {"fold_batchnorm": True, "jit_compile": True}),
+    "plain_bn": ({}, {"plain_batchnorm": True}),
 }
 
 

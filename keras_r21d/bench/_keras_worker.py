@@ -3,8 +3,9 @@
     KERAS_BACKEND=tensorflow|jax|torch python -m keras_r21d.bench._keras_worker THREADS
 
 Extra commands: `setup` takes `implementation`, `width_multiplier`,
-`fold_batchnorm` (inference of `keras_r21d.fold_batchnorm(model)`) and
-`jit_compile` (XLA, TensorFlow); `pipeline` (TensorFlow) times the
+`fold_batchnorm` (inference of `keras_r21d.fold_batchnorm(model)`),
+`jit_compile` (XLA, TensorFlow) and `plain_batchnorm` (Keras' own
+`BatchNormalization` code instead of the fused training call); `pipeline` (TensorFlow) times the
 training input pipeline on real encoded videos. On JAX and PyTorch the
 worker imports no TensorFlow: torch and TensorFlow must not share a process.
 """
@@ -137,8 +138,13 @@ def main(threads):
     import keras_r21d
     from keras_r21d.bench._protocol import serve
 
+    fused_call = keras_r21d.layers.BatchNormalization.call
+
     def setup(command):
         keras.backend.clear_session()
+        # `plain_batchnorm`: Keras' own BatchNormalization code in training (the before of the fused layer).
+        fused = keras_r21d.layers.BatchNormalization
+        fused.call = keras.layers.BatchNormalization.call if command.get("plain_batchnorm") else fused_call
         shape = (command["frames"], command["size"], command["size"], 3)
         model = keras_r21d.get_model(command["model"], input_shape=shape, classes=400, midplanes="torchvision",
                                      implementation=command.get("implementation", "auto"),

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_r21d.layers.batchnorm import BatchNormalization
 from keras_r21d.layers.conv2plus1d import Conv2Plus1D
 from keras_r21d.layers.utils import freeze_built_sublayers, paper_midplanes
 from keras_r21d.layers.video_conv import VideoConv, check_implementation
@@ -66,7 +67,7 @@ class _ResidualBlock(keras.layers.Layer):
         """A BatchNormalization, or `None` in the folded inference form (`batchnorm=False`)."""
         if not self.batchnorm:
             return None
-        return keras.layers.BatchNormalization(
+        return BatchNormalization(
             epsilon=self.bn_epsilon,
             momentum=self.bn_momentum,
             name=f"{self.name}_{suffix}",

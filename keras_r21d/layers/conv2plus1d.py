@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_r21d.layers.batchnorm import BatchNormalization
 from keras_r21d.layers.utils import conv_output_length, freeze_built_sublayers, normalize_triple, paper_midplanes
 from keras_r21d.layers.video_conv import VideoConv, check_implementation
 
@@ -89,7 +90,7 @@ class Conv2Plus1D(keras.layers.Layer):
         self.activation = keras.activations.get(activation)
         self.bn = self.relu = None
         if self.inner_batchnorm:
-            self.bn = keras.layers.BatchNormalization(
+            self.bn = BatchNormalization(
                 epsilon=bn_epsilon, momentum=bn_momentum, name=f"{self.name}_bn", dtype=self.dtype_policy
             )
             self.relu = keras.layers.ReLU(name=f"{self.name}_relu", dtype=self.dtype_policy)

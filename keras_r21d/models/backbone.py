@@ -11,6 +11,7 @@ its `.keras` and `.weights.h5` files keep loading.
 
 import keras
 
+from keras_r21d.layers.batchnorm import BatchNormalization
 from keras_r21d.layers.blocks import CONV_TYPES, MIDPLANES, BasicBlock, BottleneckBlock
 from keras_r21d.layers.video_conv import VideoConv, check_implementation
 from keras_r21d.models.specs import BN_EPSILON, BN_MOMENTUM, DEFAULT_INPUT_SHAPE, stem_spans_clip
@@ -163,8 +164,8 @@ class VideoResNetBackbone(keras.Model):
                              name=name, dtype=policy)
 
         def norm_relu(x, name):
-            x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=BN_MOMENTUM, name=f"{name}_bn",
-                                                dtype=policy)(x)
+            x = BatchNormalization(epsilon=bn_epsilon, momentum=BN_MOMENTUM, name=f"{name}_bn",
+                                        dtype=policy)(x)
             return keras.layers.ReLU(name=f"{name}_relu", dtype=policy)(x)
 
         # conv1: the stem of Table 1 in its type, then BatchNorm and ReLU.
