@@ -292,3 +292,27 @@ def test_train_evaluate_extract_from_shards(prepared, tmp_path):
     assert "7 feature files" in result.stdout and "skipped" in result.stderr
     features = np.load(tmp_path / "features" / "test" / "a" / "ramp.avi.npy")
     assert features.shape[0] == 2 and np.isfinite(features).all()
+
+
+def test_tune_and_study_from_shards(prepared, tmp_path):
+    """`tune` and the study take shards:DIR as any spec: their trials train on the shard pipeline (the clip
+    length of each trial) and evaluate on the shards' test videos."""
+    from keras_r21d.study import run_study
+    from keras_r21d.tuning import SearchSpace, tune
+
+    _, out, _, _ = prepared
+    space = SearchSpace(variants=("r2plus1d",), depths=(10,), frames=(4,), width_multipliers=(0.125,),
+                        lr=(0.01, 0.01), weight_decay=(1e-4, 1e-4), warmup_epochs=(0,))
+    rows = tune(f"shards:{out}", str(tmp_path / "search"), space, max_trials=1, epochs=1, seed=0, size=32,
+                batch_size=2, test_clips=2, flip=False, resize_to=SIZE)
+    assert [row["status"] for row in rows] == ["COMPLETED"]
+    record = json.loads((tmp_path / "search" / "trials" / f"trial_{rows[0]['trial_id']}" / "trial.json").read_text())
+    assert record["train_clip_shape"] == [4, 32, 32, 3] and 0.0 <= record["video_top1"] <= 1.0
+    study = run_study(out=str(tmp_path / "study"), data=f"shards:{out}", variants=("r2plus1d",), frames=(4,),
+                      seeds=(0,), curve_depths=(10,), clip_lengths=(4,), epochs=1, batch_size=2, size=32,
+                      resize_to=SIZE, width_multiplier=0.125, test_clips=2, log=lambda line: None)
+    runs = study["runs"]
+    assert sorted(run["arch"] for run in runs) == ["r2plus1d", "r3d"]  # the table's run and the depth curve's R3D
+    for run in runs:
+        record = json.loads((tmp_path / "study" / run["run_dir"] / "run.json").read_text())
+        assert record["split"]["kind"] == "shards" and record["train_videos"] == 5
