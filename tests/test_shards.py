@@ -209,6 +209,21 @@ def test_out_folder_mistakes(prepared, tmp_path):
     with pytest.raises(PrepareError, match="is a file"):
         prepare(spec, str(tmp_path / "file"), size=SIZE)
 
+    # A folder this user may not write (simulated: the tests run as root here, whom permissions do not stop).
+    denied = tmp_path / "read_only"
+    real_makedirs = os.makedirs
+
+    def makedirs(path, *args, **kwargs):
+        if str(path).startswith(str(denied)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_makedirs(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "makedirs", makedirs)
+        with pytest.raises(PrepareError, match=f"cannot write to --out {denied}: Permission denied"):
+            prepare(spec, str(denied), size=SIZE)
+    assert not denied.exists()
+
 
 def test_disk_full_stops_cleanly_and_resumes(prepared, tmp_path, monkeypatch):
     spec, _, reference, _ = prepared
