@@ -90,3 +90,20 @@ def test_profile_ops_reports_both_sides_by_category():
     assert re.search(r"`(_MklNative)?Conv2DBackpropFilter` \| conv backward", result.stdout), result.stdout
     if torch_available():
         assert "`aten::convolution_backward` | conv backward" in result.stdout
+
+
+def test_bench_lowering_times_each_full_3d_conv_both_ways():
+    """`tools/bench_lowering.py` finds a network's distinct full 3D convolutions (R3D-10: the stem, the stride-1
+    and the strided 3x3x3 of each stage), times both lowerings of each, and checks they compute the same."""
+    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "bench_lowering.py")
+    result = subprocess.run([sys.executable, tool, "--models", "r3d_10", "--batch", "1", "--shape", "4x32x0.125",
+                             "--reps", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| r3d_10 |")]
+    layers = [row for row in rows if row[1].strip() != "all full 3D convs"]
+    assert len(layers) == 8 and rows[-1][1].strip() == "all full 3D convs"
+    assert sum(int(row[5]) for row in layers) == 9  # the stem and 8 3x3x3 convs (two blocks of stage 2 share a shape)
+    for row in layers:
+        for cell in (row[6], row[7]):
+            assert all(float(t) > 0 for t in cell.split("/")), row  # both lowerings measured
+        assert float(row[9]) < 1e-4, row  # the same convolution
