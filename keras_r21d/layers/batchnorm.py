@@ -18,7 +18,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     10-s R(2+1)D-18 step on a CPU; this layer runs TensorFlow's fused batch
     norm (`FusedBatchNormV3`, one kernel forward and one backward) on the
     4-D view `(N * T, H, W, C)` of the clip, which has the same per-channel
-    statistics. The moving averages follow Keras' rule,
+    statistics: +14% on that step, +8% on R3D-18's (BENCHMARKS.md). The moving averages follow Keras' rule,
     `moving = moving * momentum + batch * (1 - momentum)`, with the biased
     batch variance as Keras uses (the fused kernel's unbiased one times
     `(n - 1) / n`).
@@ -53,8 +53,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         channels = x.shape[-1]
         shape = tf.shape(x)
         flat = tf.reshape(x, tf.stack([-1, shape[-3], shape[-2], channels])) if len(x.shape) == 5 else x
-        ones = tf.ones((channels,), "float32")
-        gamma = tf.cast(self.gamma, "float32") if self.scale else ones
+        gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones((channels,), "float32")
         beta = tf.cast(self.beta, "float32") if self.center else tf.zeros((channels,), "float32")
         empty = tf.constant([], "float32")
         outputs, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(

@@ -164,8 +164,7 @@ class VideoResNetBackbone(keras.Model):
                              name=name, dtype=policy)
 
         def norm_relu(x, name):
-            x = BatchNormalization(epsilon=bn_epsilon, momentum=BN_MOMENTUM, name=f"{name}_bn",
-                                        dtype=policy)(x)
+            x = BatchNormalization(epsilon=bn_epsilon, momentum=BN_MOMENTUM, name=f"{name}_bn", dtype=policy)(x)
             return keras.layers.ReLU(name=f"{name}_relu", dtype=policy)(x)
 
         # conv1: the stem of Table 1 in its type, then BatchNorm and ReLU.
