@@ -17,15 +17,15 @@ def resize_frames(frames, size=RESIZE):
     frames = tf.convert_to_tensor(frames)
     shape = tf.shape(frames)
     size = _target_size(shape, size)
-    frames = tf.cast(frames, tf.float32)
-
-    def resize():
-        flat = tf.reshape(frames, tf.concat([[-1], shape[-3:]], axis=0))
-        resized = tf.image.resize(flat, size, method="bilinear", antialias=False)
-        return tf.reshape(resized, tf.concat([shape[:-3], tf.shape(resized)[1:]], axis=0))
-
     # Frames already at the size (frame shards store the pre-crop size): bilinear at scale 1 is the identity.
-    return tf.cond(_at_size(shape, size), lambda: frames, resize)
+    return tf.cond(_at_size(shape, size), lambda: tf.cast(frames, tf.float32), lambda: _resize(frames, shape, size))
+
+
+def _resize(frames, shape, size):
+    """Bilinear resize of `(..., H, W, 3)` frames of `shape` to `size`, float32."""
+    flat = tf.reshape(tf.cast(frames, tf.float32), tf.concat([[-1], shape[-3:]], axis=0))
+    resized = tf.image.resize(flat, size, method="bilinear", antialias=False)
+    return tf.reshape(resized, tf.concat([shape[:-3], tf.shape(resized)[1:]], axis=0))
 
 
 def _target_size(shape, size):
@@ -50,7 +50,7 @@ def _crop_first(frames, resize, crop_fn):
     shape = tf.shape(frames)
     size = _target_size(shape, resize)
     return tf.cond(_at_size(shape, size), lambda: tf.cast(crop_fn(frames), tf.float32),
-                   lambda: crop_fn(resize_frames(frames, resize)))
+                   lambda: crop_fn(_resize(frames, shape, size)))
 
 
 def center_crop(frames, crop=CROP):

@@ -18,10 +18,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
     10-s R(2+1)D-18 step on a CPU; this layer runs TensorFlow's fused batch
     norm (`FusedBatchNormV3`, one kernel forward and one backward) on the
     4-D view `(N * T, H, W, C)` of the clip, which has the same per-channel
-    statistics: +14% on that step, +8% on R3D-18's (BENCHMARKS.md). The moving averages follow Keras' rule,
-    `moving = moving * momentum + batch * (1 - momentum)`, with the biased
-    batch variance as Keras uses (the fused kernel's unbiased one times
-    `(n - 1) / n`).
+    statistics: +14% on that step, +8% on R3D-18's (BENCHMARKS.md). The
+    moving averages follow Keras' rule, `moving = moving * momentum + batch *
+    (1 - momentum)`, with the biased batch variance as Keras uses (the fused
+    kernel's unbiased one times `(n - 1) / n`).
 
     Falls back to Keras' code where the fused kernel does not apply: other
     backends, a mask, `synchronized=True`, `renorm`, a channel axis other
