@@ -302,7 +302,7 @@ def cmd_train(args):
         dropout=args.dropout, val_data=args.val_data, val_freq=args.val_freq, test_clips=args.test_clips,
         frame_stride=args.frame_stride, flip=not args.no_flip, strategy=args.strategy,
         mixed_precision=args.mixed_precision, jit_compile=args.xla, implementation=args.implementation,
-        seed=args.seed, max_train_videos=args.max_train_videos,
+        autotune_lowering=args.autotune_lowering, seed=args.seed, max_train_videos=args.max_train_videos,
         tensorboard=not args.no_tensorboard, init=args.init, freeze_backbone_epochs=args.freeze_backbone_epochs,
         finetune_lr=args.finetune_lr, trainable_from=args.trainable_from, data_service=args.data_service,
         data_service_timeout=args.data_service_timeout,
@@ -683,9 +683,12 @@ def build_parser():
                    help="mixed_float16 on GPUs (with loss scaling), mixed_bfloat16 elsewhere; float32 variables, "
                         "BatchNorm statistics, softmax and loss")
     p.add_argument("--xla", action="store_true", help="jit_compile the train step (slower on CPUs)")
-    p.add_argument("--implementation", choices=["auto", "conv2d", "conv3d"], default="auto",
-                   help="lowering of the convolutions (conv2d: no 5-D kernels; faster for narrow 3D networks "
-                        "on CPUs, see BENCHMARKS.md)")
+    p.add_argument("--implementation", choices=["auto", "conv2d", "conv3d", "shifted"], default="auto",
+                   help="lowering of the convolutions (conv2d, shifted: no 5-D kernels; which is faster depends on "
+                        "the machine, see BENCHMARKS.md and --autotune-lowering)")
+    p.add_argument("--autotune-lowering", action="store_true",
+                   help="with --implementation auto: time each full 3D kernel's lowerings (Conv3D, im2col, shifted) "
+                        "on this machine before training and run the fastest; kept in the run's lowering.json")
     p.add_argument("--seed", type=int, default=0, help="random seed (shuffling, augmentation, initialization)")
     p.add_argument("--max-train-videos", type=POSITIVE, default=None, help="train on the first N videos only")
     p.add_argument("--data-service", metavar="HOST:PORT", default=None, help=DATA_SERVICE_HELP)
@@ -729,8 +732,9 @@ def build_parser():
     p.add_argument("--size", type=POSITIVE, default=None, help="crop size (default: the model's or its run's)")
     p.add_argument("--top-k", type=POSITIVE, default=5)
     p.add_argument("--quantization", choices=["float16", "dynamic", "int8"], default=None, help="tflite only")
-    p.add_argument("--implementation", choices=["conv2d", "auto", "conv3d"], default="conv2d",
-                   help="tflite: conv2d (default) has no CONV_3D op; auto/conv3d keep 3D kernels as CONV_3D")
+    p.add_argument("--implementation", choices=["conv2d", "auto", "conv3d", "shifted"], default="conv2d",
+                   help="tflite: conv2d (default) and shifted have no CONV_3D op; auto/conv3d keep 3D kernels as "
+                        "CONV_3D")
     p.add_argument("--keep-batchnorm", action="store_true",
                    help="export the BatchNorm layers as they are (default: folded into the convolutions, "
                         "the same function, faster)")

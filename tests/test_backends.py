@@ -107,6 +107,10 @@ def test_every_variant_on_another_backend_without_tensorflow(fixtures, without_t
         np.testing.assert_allclose(np.asarray(moved(arrays["clips"], training=False)), facts["saved_outputs"],
                                    atol=1e-4, err_msg=variant)
     assert found["preset_diff"] <= 1e-4  # R2Plus1D(10, weights="kinetics400") from the local cache
+    # autotune_lowering times R3D-10's 8 distinct full-kernel shapes in both modes with this backend's own timer.
+    tuned = found["autotune"]
+    assert tuned["entries"] == 16 and tuned["backends"] == [backend] and tuned["fastest"] and tuned["timed"], tuned
+    assert tuned["diff"] <= 1e-4 and all(np.isfinite(tuned["losses"])), tuned
     # The .keras files 0.1.0 wrote (tests/data/v0_1_0/models) give 0.1.0's outputs on this backend, as loaded and
     # read back as tasks (models.legacy).
     assert len(found["old_files"]) == 9 and max(found["old_files"].values()) <= 1e-4, found["old_files"]

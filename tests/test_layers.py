@@ -19,7 +19,7 @@ def _reference_conv3d(filters, kernel, strides, padding, kernel_value):
     return layer
 
 
-@pytest.mark.parametrize("implementation", ["auto", "conv2d", "conv3d"])
+@pytest.mark.parametrize("implementation", ["auto", "conv2d", "conv3d", "shifted"])
 @pytest.mark.parametrize(
     "kernel,strides,padding",
     [
@@ -48,6 +48,8 @@ def test_video_conv_lowering_choice():
     assert VideoConv(8, (3, 1, 1)).lowering == "temporal"
     assert VideoConv(8, (3, 3, 3)).lowering == "conv3d"
     assert VideoConv(8, (3, 3, 3), implementation="conv2d").lowering == "im2col"
+    assert VideoConv(8, (3, 3, 3), implementation="shifted").lowering == "shifted"
+    assert VideoConv(8, (1, 3, 3), implementation="shifted").lowering == "spatial"
     assert VideoConv(8, (1, 3, 3), implementation="conv3d").lowering == "conv3d"
 
 
@@ -90,7 +92,7 @@ def test_paper_midplanes(n_in, n_out, expected):
     assert abs(params - 27 * n_in * n_out) / (27 * n_in * n_out) < 0.01
 
 
-@pytest.mark.parametrize("implementation", ["auto", "conv2d", "conv3d"])
+@pytest.mark.parametrize("implementation", ["auto", "conv2d", "conv3d", "shifted"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_conv2plus1d_equals_two_conv_reference(stride, implementation):
     """Conv2Plus1D == Conv3D(1x3x3) -> BN -> ReLU -> Conv3D(3x1x1) with the same weights."""
@@ -183,7 +185,8 @@ def test_every_entry_point_checks_the_lowering_the_same_way():
     import keras_r21d
     from keras_r21d.export.graph import with_implementation
 
-    message = r"`implementation` must be one of \('auto', 'conv2d', 'conv3d'\). Received: implementation='conv4d'"
+    message = (r"`implementation` must be one of \('auto', 'conv2d', 'conv3d', 'shifted'\). "
+               r"Received: implementation='conv4d'")
     model = keras_r21d.R2Plus1D(10, input_shape=(4, 32, 32, 3), classes=3, width_multiplier=0.125)
     for build in (lambda: VideoConv(4, implementation="conv4d"),
                   lambda: Conv2Plus1D(4, implementation="conv4d"),

@@ -4,7 +4,8 @@
 
 Extra commands: `setup` takes `implementation`, `width_multiplier`,
 `fold_batchnorm` (inference of `keras_r21d.fold_batchnorm(model)`),
-`jit_compile` (XLA, TensorFlow) and `plain_batchnorm` (Keras' own
+`jit_compile` (XLA, TensorFlow), `autotune_lowering` (`keras_r21d.layers.autotune_lowering` at
+the bench's batch and mode before the first step) and `plain_batchnorm` (Keras' own
 `BatchNormalization` code instead of the fused training call); `pipeline` (TensorFlow) times the
 training input pipeline on real encoded videos. On JAX and PyTorch the
 worker imports no TensorFlow: torch and TensorFlow must not share a process.
@@ -152,6 +153,10 @@ def main(threads):
         rng = np.random.default_rng(0)
         x = rng.standard_normal((command["batch"], *shape)).astype("float32")
         y = rng.integers(0, 400, command["batch"])
+        keras_r21d.layers.clear_lowering()
+        if command.get("autotune_lowering"):  # each full 3D kernel's lowering measured in this mode, at this batch
+            keras_r21d.layers.autotune_lowering(model, batch_size=command["batch"],
+                                                modes=("infer",) if command["mode"] == "infer" else ("train",))
         if command["mode"] == "infer":
             if command.get("fold_batchnorm"):
                 model = keras_r21d.fold_batchnorm(model)

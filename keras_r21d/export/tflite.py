@@ -110,8 +110,9 @@ def export_tflite(model, path, quantization=None, representative_data=None, impl
             weights) or `"int8"` (full integer; needs `representative_data`).
         representative_data: normalized clips `(N, T, H, W, 3)` for int8
             calibration; also the data the parity check runs on.
-        implementation: `"conv2d"` (no `CONV_3D`, default) or `"auto"`/`"conv3d"`
-            (full 3D kernels as `CONV_3D`: float only).
+        implementation: `"conv2d"` (no `CONV_3D`, default), `"shifted"` (no
+            `CONV_3D`, each full 3D kernel as a sum of 2D ones) or
+            `"auto"`/`"conv3d"` (full 3D kernels as `CONV_3D`: float only).
         clip_config: clip length and crop (default: the evaluator's for the model).
         class_names: written into the report for apps and `keras-r21d predict`.
         check_data: clips for the parity check (default `representative_data`,
@@ -151,7 +152,7 @@ def export_tflite(model, path, quantization=None, representative_data=None, impl
             content = _converter(staging, quantization, representative_data).convert()
         except Exception as error:  # noqa: BLE001 - the converter raises many types; name the cause
             hint = (" (full 3D kernels cannot be int8: export with implementation='conv2d')"
-                    if quantization == "int8" and implementation != "conv2d" else "")
+                    if quantization == "int8" and implementation not in ("conv2d", "shifted") else "")
             raise ExportError(f"TFLite conversion failed{hint}: {type(error).__name__}: {error}") from None
 
     ops = tflite_ops(content)

@@ -17,7 +17,8 @@ class Conv2Plus1D(keras.layers.Layer):
     `(s_t, 1, 1)`. The outer BatchNormalization and ReLU belong to the block
     that uses this layer, as in the paper and torchvision.
 
-    With `implementation="auto"` or `"conv2d"` no 5-D convolution runs: the
+    With `implementation="auto"`, `"conv2d"` or `"shifted"` (the same here:
+    a factorized conv has no full 3D kernel) no 5-D convolution runs: the
     spatial part is a `Conv2D` over `(N*T, H, W, C)` and the temporal part a
     `Conv2D` with a `(t, 1)` kernel over `(N, T, H*W, C)`. `"conv3d"` runs
     the same weights as two 5-D convolutions (the reference lowering).
@@ -29,7 +30,7 @@ class Conv2Plus1D(keras.layers.Layer):
         midplanes: int or `None`. `None` uses the paper's formula
             `floor(t d^2 N_in N_out / (d^2 N_in + t N_out))`, which gives the
             factorized conv (almost) the parameters of the 3D one.
-        implementation: `"auto"`, `"conv2d"` or `"conv3d"` (see above).
+        implementation: `"auto"`, `"conv2d"`, `"shifted"` or `"conv3d"` (see above).
         bn_epsilon: float, epsilon of the inner BatchNormalization.
         bn_momentum: float, momentum of the inner BatchNormalization.
         inner_batchnorm: bool. `False` (what `fold_batchnorm` builds for

@@ -3,9 +3,10 @@
 import keras
 from keras import ops
 
+from keras_r21d.layers.lowering import measured_lowering
 from keras_r21d.layers.utils import conv_output_length, normalize_triple
 
-IMPLEMENTATIONS = ("auto", "conv2d", "conv3d")
+IMPLEMENTATIONS = ("auto", "conv2d", "conv3d", "shifted")
 
 
 def check_implementation(implementation):
@@ -35,10 +36,15 @@ class VideoConv(keras.layers.Layer):
       channel concatenation of the `t` frames each output frame sees
       (temporal im2col). No 5-D convolution appears in the graph, so a TFLite
       export has no `CONV_3D` op.
+    - `"shifted"`: as `"conv2d"`, but a full kernel runs as the sum of `t`
+      `Conv2D`s, tap `k`'s 2D kernel over the frames shifted by `k`: no
+      channel concatenation, oneDNN's 2D kernels forward and backward.
     - `"conv3d"`: one 5-D convolution.
     - `"auto"` (default): `"conv2d"` for spatial-only and temporal-only
-      kernels, `"conv3d"` for full ones (the faster choice measured on a
-      2-core AVX2 CPU; see BENCHMARKS.md).
+      kernels; for full ones the lowering `autotune_lowering` measured
+      fastest for this layer's shape on this machine (training and
+      inference apart), else `"conv3d"` (see BENCHMARKS.md: which is faster
+      depends on the CPU, not only on the shape).
 
     Args:
         filters: int, the number of output channels.
@@ -46,7 +52,7 @@ class VideoConv(keras.layers.Layer):
         strides: int or tuple of 3 ints.
         padding: `None` for symmetric `k // 2` padding, or a tuple of 3 ints
             `(pt, ph, pw)` of zeros added on both sides of each axis.
-        implementation: one of `"auto"`, `"conv2d"`, `"conv3d"`.
+        implementation: one of `"auto"`, `"conv2d"`, `"conv3d"`, `"shifted"`.
         use_bias: bool. The paper's networks use no bias (a BatchNorm
             follows every conv); `fold_batchnorm` gives its copies one.
         activation: `None` or an activation (e.g. `"relu"`) applied after
@@ -99,19 +105,36 @@ class VideoConv(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=5)
 
     @property
-    def lowering(self):
-        """The lowering actually used: `"spatial"`, `"temporal"`, `"im2col"` or `"conv3d"`."""
+    def full_kernel(self):
+        """Whether the kernel is a full 3D one (`t > 1` and `h * w > 1`), whose lowering `"auto"` may measure."""
         t, h, w = self.kernel_size
+        return t > 1 and h * w > 1
+
+    @property
+    def lowering(self):
+        """The lowering of an inference call: `"spatial"`, `"temporal"`, `"im2col"`, `"shifted"` or `"conv3d"`.
+
+        A training call may use another (`lowering_for(training=True)`).
+        """
+        return self.lowering_for(training=False)
+
+    def lowering_for(self, training=False, input_shape=None):
+        """The lowering a call with `training` uses on inputs of `input_shape` (default: the built shape)."""
         if self.implementation == "conv3d":
             return "conv3d"
-        if t == 1:
-            return "spatial"
-        if h == 1 and w == 1:
-            return "temporal"
-        return "im2col" if self.implementation == "conv2d" else "conv3d"
+        if not self.full_kernel:
+            return "spatial" if self.kernel_size[0] == 1 else "temporal"
+        if self.implementation == "conv2d":
+            return "im2col"
+        if self.implementation == "shifted":
+            return "shifted"
+        if input_shape is None:
+            input_shape = getattr(self, "_call_shape", None)
+        return measured_lowering(self, input_shape, training) or "conv3d"
 
     def build(self, input_shape):
         in_channels = input_shape[-1]
+        self._call_shape = tuple(input_shape)
         if in_channels is None:
             raise ValueError(f"{self.name}: the channel axis of the input must be known. Received: {input_shape}")
         self.kernel = self.add_weight(
@@ -124,14 +147,19 @@ class VideoConv(keras.layers.Layer):
             self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if self.use_bias else None
         )
 
-    def call(self, inputs):
-        lowering = self.lowering
+    def call(self, inputs, training=None):
+        shape = tuple(inputs.shape)
+        if all(d is not None for d in shape[1:]):
+            self._call_shape = shape  # the last fully known input shape: what autotune_lowering measures
+        lowering = self.lowering_for(bool(training), shape)
         if lowering == "conv3d":
             outputs = self._conv3d(inputs)
         elif lowering == "spatial":
             outputs = self._spatial(inputs)
         elif lowering == "temporal":
             outputs = self._temporal(inputs)
+        elif lowering == "shifted":
+            outputs = self._shifted(inputs)
         else:
             outputs = self._im2col(inputs)
         return outputs
@@ -167,11 +195,7 @@ class VideoConv(keras.layers.Layer):
         return self._bias_activation(ops.conv(x, self.kernel, strides=self.strides, padding="valid"))
 
     def _conv2d(self, x, kernel, strides, pad):
-        if self._same(kernel.shape[:2], strides, pad):
-            return self._bias_activation(ops.conv(x, kernel, strides=1, padding="same"))
-        if any(pad):
-            x = ops.pad(x, [[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]])
-        return self._bias_activation(ops.conv(x, kernel, strides=strides, padding="valid"))
+        return self._bias_activation(self._conv2d_only(x, kernel, strides, pad))
 
     def _spatial(self, x):
         _, h, w = self.kernel_size
@@ -206,12 +230,27 @@ class VideoConv(keras.layers.Layer):
         y = self._conv2d(tubes, kernel, (st, 1), (pt, 0))
         return ops.reshape(y, (-1, ops.shape(y)[1], shape[2], shape[3], self.filters))
 
+    @staticmethod
+    def _pad_time(x, pt):
+        """`pt` zero frames on both sides of the time axis, by concatenation.
+
+        Not `Pad`: on TensorFlow 2.21, a `Pad` on the time axis followed by
+        the tap slices, after a padded `Conv3D` (an autotuned stem), in a
+        function retraced for any batch size, is rewritten by Grappler
+        (constant folding with the remapper) into a graph whose first slice
+        keeps every padded frame (`ConcatOp: Dimension 1 ... [4,6,..] vs.
+        [4,4,..]`); `tests/test_lowering.py` holds the case.
+        """
+        if not pt:
+            return x
+        zeros = ops.zeros_like(x[:, :1])
+        return ops.concatenate([zeros] * pt + [x] + [zeros] * pt, axis=1)
+
     def _im2col(self, x):
         t, h, w = self.kernel_size
         st, sh, sw = self.strides
         pt, ph, pw = self.padding
-        if pt:
-            x = ops.pad(x, [[0, 0], [pt, pt], [0, 0], [0, 0], [0, 0]])
+        x = self._pad_time(x, pt)
         shape = ops.shape(x)
         out_t = (shape[1] - t) // st + 1
         # Output frame j sees padded frames j*st .. j*st + t - 1: gather them
@@ -224,6 +263,31 @@ class VideoConv(keras.layers.Layer):
         y = self._conv2d(frames, kernel, (sh, sw), (ph, pw))
         yshape = ops.shape(y)
         return ops.reshape(y, (-1, sshape[1], yshape[1], yshape[2], self.filters))
+
+    def _shifted(self, x):
+        t, h, w = self.kernel_size
+        st, sh, sw = self.strides
+        pt, ph, pw = self.padding
+        x = self._pad_time(x, pt)
+        shape = ops.shape(x)
+        out_t = (shape[1] - t) // st + 1
+        # Output frame j is the sum over taps k of tap k's 2D kernel on padded frame j*st + k.
+        y = None
+        for k in range(t):
+            frames = ops.reshape(x[:, k : k + (out_t - 1) * st + 1 : st], (-1, shape[2], shape[3], shape[4]))
+            tap = self._conv2d_only(frames, self.kernel[k], (sh, sw), (ph, pw))
+            y = tap if y is None else y + tap
+        y = self._bias_activation(y)
+        yshape = ops.shape(y)
+        return ops.reshape(y, (-1, out_t, yshape[1], yshape[2], self.filters))
+
+    def _conv2d_only(self, x, kernel, strides, pad):
+        """`_conv2d` without the bias and activation (a tap of `_shifted`, whose sum takes them)."""
+        if self._same(kernel.shape[:2], strides, pad):
+            return ops.conv(x, kernel, strides=1, padding="same")
+        if any(pad):
+            x = ops.pad(x, [[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]])
+        return ops.conv(x, kernel, strides=strides, padding="valid")
 
     def compute_output_shape(self, input_shape):
         dims = [

@@ -19,7 +19,7 @@ RUN_FILE = "run.json"
 # epochs, so it may not), how often and how much it validates, and where and
 # on what it runs. Everything else defines the model, the data or the recipe.
 RESUMABLE_CHANGES = ("out", "epochs", "val_freq", "test_clips", "tensorboard", "strategy", "collective_timeout",
-                     "jit_compile", "data_service", "data_service_timeout")
+                     "jit_compile", "data_service", "data_service_timeout", "autotune_lowering")
 
 
 class RunDirError(ValueError):

@@ -22,6 +22,8 @@ from keras_r21d.data.datasets import load_dataset, split_description
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, train_dataset
 from keras_r21d.data.service import STALL_TIMEOUT
 from keras_r21d.data.transforms import resize_for_crop
+from keras_r21d.layers.autotune import autotune_lowering
+from keras_r21d.layers.lowering import LoweringTable, lowering_scope
 from keras_r21d.models.registry import get_model
 from keras_r21d.models.specs import VARIANTS, clip_input_shape
 from keras_r21d.models.video_resnet import VideoResNet
@@ -46,6 +48,7 @@ from keras_r21d.training.strategy import DataParallel, is_chief, make_strategy
 from keras_r21d.version import __version__
 
 logger = logging.getLogger("keras_r21d.training")
+LOWERING_FILE = "lowering.json"  # a run's measured lowerings (autotune_lowering=True)
 
 EPOCHS = 45
 FINETUNE_EPOCHS = 10
@@ -72,6 +75,12 @@ class TrainConfig:
     `implementation` is the lowering of the convolutions (`VideoConv`):
     `"conv2d"` trains small-channel 3D networks several times faster on CPUs
     (BENCHMARKS.md); the weights are the same whatever the lowering.
+    With `autotune_lowering=True` each full 3D kernel's lowering (`Conv3D`,
+    temporal im2col or shifted 2D taps) is timed on this machine before the
+    first step (`keras_r21d.layers.autotune_lowering`, at the per-replica
+    batch), the fastest installed, and the measurements kept in the run's
+    `lowering.json`; a resumed run on the same kind of machine reuses them.
+    The weights and results are the same whatever the lowering.
     `arch`, `depth`, `width_multiplier` and `dropout` come from the source
     (`arch` and `depth` name the network of a preset).
 
@@ -111,6 +120,7 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     implementation: str = "auto"
+    autotune_lowering: bool = False
     seed: int = 0
     max_train_videos: int = None
     tensorboard: bool = True
@@ -236,6 +246,28 @@ def _prebuild_for_multi_worker(model, strategy, dataset):
         setattr(model, name, lambda data, step=step: {k: tf.reshape(v, (1,)) for k, v in step(data).items()})
 
 
+def _autotune_lowering(model, run_dir, per_replica_batch, clip_shape=None):
+    """Installs the fastest lowering of each full 3D kernel: the run's `lowering.json`, or measured here and kept.
+
+    A table measured on another kind of machine (processor, CPU count,
+    backend) is measured again and replaced: the lowering changes speed, not
+    results, and what was fastest there need not be here.
+    """
+    path = os.path.join(run_dir, LOWERING_FILE) if run_dir else None
+    if path and os.path.exists(path):
+        table = LoweringTable.load(path)
+        if table.machine_matches():
+            table.install()
+            logger.info("lowerings of the full 3D kernels from %s", path)
+            return table
+        logger.info("%s was measured on another machine (%s): measuring again", path, table.machine)
+    table = autotune_lowering(model, batch_size=max(1, per_replica_batch), input_shape=clip_shape, log=logger.info)
+    if path:
+        os.makedirs(run_dir, exist_ok=True)
+        table.save(path)
+    return table
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training was interrupted (Ctrl-C); the message says after which epoch and how to resume."""
 
@@ -358,7 +390,7 @@ def train(config=None, callbacks=None, **kwargs):
                        config.data)
 
     source = None
-    with _dtype_policy(config.mixed_precision), _distribution(config) as strategy:
+    with _dtype_policy(config.mixed_precision), _distribution(config) as strategy, lowering_scope():
         batch_size = _effective_batch(config, len(train_set))
         data_parallel = isinstance(strategy, DataParallel) and strategy.num_replicas_in_sync > 1
         if data_parallel and batch_size % strategy.num_replicas_in_sync:
@@ -404,6 +436,9 @@ def train(config=None, callbacks=None, **kwargs):
                                  bad_videos=bad_videos, repeat=True)
         val_ds = eval_dataset(val_set, batch_size, config.clip_config(test_clips=1), with_video_id=False,
                               bad_videos=bad_videos)
+        if config.autotune_lowering:
+            _autotune_lowering(model, run_dir if chief else None, batch_size // strategy.num_replicas_in_sync,
+                               tuple(train_ds.element_spec[0].shape[1:]))
 
         if chief:
             os.makedirs(run_dir, exist_ok=True)

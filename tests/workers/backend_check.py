@@ -74,6 +74,24 @@ if __name__ == "__main__":
         as_read = keras.ops.convert_to_numpy(task(recorded["clips"], training=False))
         results["old_files"][name] = max(float(np.abs(got - recorded[name]).max()),
                                          float(np.abs(as_read - recorded[name]).max()))
+    # Each full 3D kernel's lowering measured on this backend: every entry times all three lowerings and installs
+    # the fastest; the model's outputs stay as they were, and it trains with the training choices.
+    from keras_r21d.layers import autotune_lowering, clear_lowering
+
+    r3d = keras_r21d.get_model("r3d_10", **reference["variants"]["r3d"]["kwargs"])
+    before = keras.ops.convert_to_numpy(r3d(clips, training=False))
+    table = autotune_lowering(r3d, batch_size=1, reps=1)
+    after = keras.ops.convert_to_numpy(r3d(clips, training=False))
+    r3d.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    losses = [float(r3d.train_on_batch(clips, labels)) for _ in range(2)]
+    results["autotune"] = {
+        "entries": len(table.entries), "backends": sorted({e["backend"] for e in table.entries}),
+        "fastest": all(e["choice"] == min(e["ms"], key=e["ms"].get) for e in table.entries),
+        "timed": all(len(e["ms"]) == 3 and min(e["ms"].values()) > 0 for e in table.entries),
+        "choices": sorted({e["choice"] for e in table.entries}),
+        "diff": float(np.abs(after - before).max()), "losses": losses,
+    }
+    clear_lowering()
     # What needs TensorFlow says so, in one line naming the extra to install.
     try:
         import keras_r21d.data.pipeline  # noqa: F401
