@@ -104,6 +104,9 @@ def test_autotune_lowering_installs_the_fastest_per_shape_and_mode(tmp_path):
     # Two stride-1 convs of stage 2 share a shape: 8 distinct shapes, each timed in both modes.
     assert len(table.entries) == 16 and len(lines) == 16
     assert sum(e["layers"] for e in table.entries if e["mode"] == "train") == 9
+    # Only the stem reads the network's input: its training pass is timed without the input's gradient.
+    assert [e["input_shape"] for e in table.entries if e["mode"] == "train" and not e["input_gradient"]] == [
+        [4, 32, 32, 3]]
     for entry in table.entries:
         assert set(entry["ms"]) == set(FULL_LOWERINGS) and min(entry["ms"].values()) > 0
         assert entry["choice"] == min(entry["ms"], key=entry["ms"].get)  # the fastest measured

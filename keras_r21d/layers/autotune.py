@@ -9,7 +9,7 @@ import time
 import keras
 import numpy as np
 
-from keras_r21d.layers.lowering import FULL_LOWERINGS, MODES, LoweringTable, _machine
+from keras_r21d.layers.lowering import FULL_LOWERINGS, MODES, LoweringTable, machine_facts
 from keras_r21d.layers.video_conv import VideoConv
 
 
@@ -18,7 +18,8 @@ def _known(shape):
 
 
 def auto_full_convs(model, input_shape=None):
-    """`{(dims, kernel, strides, padding, filters, dtype): [layers]}` of `model`'s full-kernel `"auto"` VideoConvs.
+    """`{(dims, kernel, strides, padding, filters, dtype, input_gradient): [layers]}`: the full-kernel `"auto"`
+    VideoConvs of `model`; `input_gradient` is `False` for one that reads the network's input (the stem).
 
     With `input_shape`, the layers' shapes are those of one forward pass of a
     zero batch of that shape (how a model built for clips of any size,
@@ -31,13 +32,16 @@ def auto_full_convs(model, input_shape=None):
         model(keras.ops.zeros((1, *input_shape)), training=False)  # each VideoConv records the shape it sees
     found = {}
     for layer in layers:
+        # A conv reading the network's input (the stem) computes no input gradient in training: time it so.
+        input_gradient = not any(isinstance(tensor._keras_history.operation, keras.layers.InputLayer)
+                                 for node in layer._inbound_nodes for tensor in node.input_tensors)
         shape = getattr(layer, "_call_shape", None)
         if not _known(shape):
             raise ValueError(f"{layer.name}: its input shape must be known (except the batch) to measure its "
                              f"lowering. Received: {shape}; pass autotune_lowering(..., input_shape=(T, H, W, C)) "
                              f"for a model built for clips of any size")
         key = (tuple(shape[1:]), layer.kernel_size, layer.strides, layer.padding, layer.filters,
-               layer.compute_dtype)
+               layer.compute_dtype, input_gradient)
         found.setdefault(key, []).append(layer)
     return found
 
@@ -47,8 +51,11 @@ def _forced(lowering):
     return {"conv3d": "conv3d", "im2col": "conv2d", "shifted": "shifted"}[lowering]
 
 
-def _runner(layer, x, mode):
-    """A function that runs `layer` on `x` once in `mode` and waits for the result (the backend's own way)."""
+def _runner(layer, x, mode, input_gradient=True):
+    """A function that runs `layer` on `x` once in `mode` and waits for the result (the backend's own way).
+
+    Training is the forward pass and the kernel's gradient, and the input's when `input_gradient`.
+    """
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -59,7 +66,7 @@ def _runner(layer, x, mode):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
                     loss = tf.reduce_sum(tf.square(tf.cast(layer(x, training=True), "float32")))
-                return tape.gradient(loss, [x, layer.kernel])
+                return tape.gradient(loss, [x, layer.kernel] if input_gradient else [layer.kernel])
         else:
             step = tf.function(lambda x: layer(x, training=False))
         return lambda: [t.numpy() for t in tf.nest.flatten(step(x))]
@@ -72,7 +79,7 @@ def _runner(layer, x, mode):
 
         if mode == "train":
             step = jax.jit(jax.grad(lambda k, x: jnp.sum(jnp.square(forward(k, x).astype("float32"))),
-                                    argnums=(0, 1)))
+                                    argnums=(0, 1) if input_gradient else 0))
         else:
             step = jax.jit(forward)
         kernel = layer.kernel.value
@@ -82,7 +89,7 @@ def _runner(layer, x, mode):
 
         def run():
             if mode == "train":
-                inputs = x.detach().requires_grad_(True)
+                inputs = x.detach().requires_grad_(input_gradient)
                 torch.sum(torch.square(layer(inputs, training=True).float())).backward()
                 layer.kernel.value.grad = None
             else:
@@ -105,7 +112,8 @@ def autotune_lowering(model, batch_size=8, input_shape=None, modes=MODES, loweri
         batch_size: the batch to time with (per replica: what one device runs).
         input_shape: `(T, H, W, C)` of the clips, needed when `model` was
             built for clips of any size (a zero batch then runs once).
-        modes: `"train"` (forward, then the gradients of input and kernel)
+        modes: `"train"` (forward, then the gradients of the kernel and of
+            the input, but for a conv reading the network's input)
             and/or `"infer"` (forward).
         lowerings: the candidates, by default all of `FULL_LOWERINGS`.
         reps: timed runs per candidate after a warm-up run; candidates
@@ -130,7 +138,8 @@ def autotune_lowering(model, batch_size=8, input_shape=None, modes=MODES, loweri
     backend = keras.backend.backend()
     entries = []
     rng = np.random.default_rng(0)
-    for (dims, kernel, strides, padding, filters, dtype), layers in auto_full_convs(model, input_shape).items():
+    for (dims, kernel, strides, padding, filters, dtype, input_gradient), layers in auto_full_convs(
+            model, input_shape).items():
         x = keras.ops.convert_to_tensor(rng.standard_normal((int(batch_size), *dims)).astype("float32"), dtype=dtype)
         candidates = {}
         for name in lowerings:
@@ -140,7 +149,7 @@ def autotune_lowering(model, batch_size=8, input_shape=None, modes=MODES, loweri
             candidate.kernel.assign(layers[0].kernel)
             candidates[name] = candidate
         for mode in modes:
-            runs = {name: _runner(candidates[name], x, mode) for name in lowerings}
+            runs = {name: _runner(candidates[name], x, mode, input_gradient) for name in lowerings}
             for run in runs.values():
                 run()  # warm-up: tracing or compiling, the kernels' caches
             seconds = {name: [] for name in lowerings}
@@ -154,11 +163,12 @@ def autotune_lowering(model, batch_size=8, input_shape=None, modes=MODES, loweri
             entries.append({"backend": backend, "dtype": str(dtype), "input_shape": list(dims),
                             "kernel": list(kernel), "strides": list(strides), "padding": list(padding),
                             "filters": int(filters), "mode": mode, "batch_size": int(batch_size),
+                            "input_gradient": bool(input_gradient) if mode == "train" else False,
                             "layers": len(layers), "ms": {k: round(v, 3) for k, v in ms.items()}, "choice": choice})
             if log is not None:
                 log(f"{mode} {tuple(dims)} kernel {tuple(kernel)} strides {tuple(strides)} -> {filters}: "
                     + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()) + f": {choice}")
-    table = LoweringTable(entries, machine=_machine(backend))
+    table = LoweringTable(entries, machine=machine_facts(backend))
     if install:
         table.install()
     return table

@@ -14,9 +14,10 @@ does, the choice is measured on the machine that runs:
 >>> table = autotune_lowering(model, batch_size=8)   # doctest: +SKIP
 
 times every distinct full 3D convolution of `model` in each lowering,
-forward (inference) and forward plus the gradients of its input and kernel
-(training), with the same weights and a random batch, and installs the
-fastest per layer shape and mode in a process-wide table. Every `VideoConv`
+forward (inference) and forward plus the gradients of its kernel and,
+unless it reads the network's input (the stem), of its input (training),
+with the same weights and a random batch, and installs the fastest per
+layer shape and mode in a process-wide table. Every `VideoConv`
 with `implementation="auto"` reads that table when it is called (traced),
 so install it before the first `fit` or `predict` of a model. Weights are
 stored alike whatever the lowering, and the outputs agree to float32
@@ -108,7 +109,7 @@ class LoweringTable:
 
     def machine_matches(self):
         """Whether this table was measured on this kind of machine: the same processor, CPU count and backend."""
-        here = _machine(keras.backend.backend())
+        here = machine_facts(keras.backend.backend())
         return all(self.machine.get(k) == here[k] for k in ("backend", "cpu", "cpus"))
 
     def install(self):
@@ -167,7 +168,8 @@ class LoweringTable:
         return "\n".join(lines)
 
 
-def _machine(backend):
+def machine_facts(backend):
+    """What a table's choices depend on: the backend, Keras, the processor and CPU count (and Python)."""
     model_name = None
     try:
         with open("/proc/cpuinfo") as f:

@@ -119,7 +119,11 @@ class VideoConv(keras.layers.Layer):
         return self.lowering_for(training=False)
 
     def lowering_for(self, training=False, input_shape=None):
-        """The lowering a call with `training` uses on inputs of `input_shape` (default: the built shape)."""
+        """The lowering a call with `training` uses on inputs of `input_shape`.
+
+        `input_shape` defaults to the last fully known shape the layer was
+        built or called with (the key of `autotune_lowering`'s table).
+        """
         if self.implementation == "conv3d":
             return "conv3d"
         if not self.full_kernel:
@@ -235,11 +239,11 @@ class VideoConv(keras.layers.Layer):
         """`pt` zero frames on both sides of the time axis, by concatenation.
 
         Not `Pad`: on TensorFlow 2.21, a `Pad` on the time axis followed by
-        the tap slices, after a padded `Conv3D` (an autotuned stem), in a
-        function retraced for any batch size, is rewritten by Grappler
-        (constant folding with the remapper) into a graph whose first slice
-        keeps every padded frame (`ConcatOp: Dimension 1 ... [4,6,..] vs.
-        [4,4,..]`); `tests/test_lowering.py` holds the case.
+        the tap slices, after a padded `Conv3D` (R3D's stem), in a function
+        retraced for any batch size, is rewritten by Grappler into a graph
+        whose first slice keeps every padded frame (`ConcatOp: Dimension 1
+        ... [4,6,..] vs. [4,4,..]`; turning off either its constant folding
+        or its remapper avoids it). `tests/test_lowering.py` holds the case.
         """
         if not pt:
             return x
