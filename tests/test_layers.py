@@ -255,3 +255,19 @@ def test_fused_batchnorm_config_and_files(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "bn.keras", safe_mode=True)
     assert type(loaded.layers[-1]) is FusedBatchNormalization
     np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-6)
+
+
+def test_strided_pointwise_conv_reads_only_the_pixels_it_uses():
+    """A downsampling 1x1x1 shortcut takes its pixels in one strided slice (1/8 of the clip), then a stride-1 conv:
+    the same values as the 5-D reference."""
+    import tensorflow as tf
+
+    layer = VideoConv(6, (1, 1, 1), strides=(2, 2, 2))
+    x = random_clip((2, 6, 10, 9, 4))
+    graph = tf.function(lambda x: layer(x)).get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+    slices = [op for op in graph.get_operations() if op.type == "StridedSlice" and op.outputs[0].shape.rank == 5]
+    assert [tuple(op.outputs[0].shape) for op in slices] == [(2, 3, 5, 5, 4)]
+    convs = [op for op in graph.get_operations() if op.type == "Conv2D"]
+    assert len(convs) == 1 and list(convs[0].get_attr("strides")) == [1, 1, 1, 1]
+    reference = _reference_conv3d(6, (1, 1, 1), (2, 2, 2), (0, 0, 0), np.asarray(layer.kernel))
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(reference(x)), atol=1e-6)

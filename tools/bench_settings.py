@@ -58,8 +58,10 @@ def main(argv):
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        workers[name].ask(op="setup", model=model, mode=mode, batch=batch, frames=frames, size=size,
-                          width_multiplier=width, **settings)
+        ready = workers[name].ask(op="setup", model=model, mode=mode, batch=batch, frames=frames, size=size,
+                                  width_multiplier=width, **settings)
+        if ready.get("lowerings"):  # what autotune_lowering chose: layers per lowering
+            print(f"{name}: full 3D kernels measured fastest as {ready['lowerings']}", flush=True)
     times = {name: [] for name in workers}
     for rep in range(6):
         for name, worker in workers.items():

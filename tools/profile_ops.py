@@ -86,7 +86,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--shape", default="16x112", help="FRAMESxSIZE (default 16x112)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--implementation", default="auto", choices=["auto", "conv2d", "conv3d"])
+    parser.add_argument("--implementation", default="auto", choices=["auto", "conv2d", "conv3d", "shifted"])
     parser.add_argument("--keep-batchnorm", action="store_true", help="keras inference without BatchNorm folding")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--top", type=int, default=12)

@@ -154,9 +154,12 @@ def main(threads):
         x = rng.standard_normal((command["batch"], *shape)).astype("float32")
         y = rng.integers(0, 400, command["batch"])
         keras_r21d.layers.clear_lowering()
+        choices = {}
         if command.get("autotune_lowering"):  # each full 3D kernel's lowering measured in this mode, at this batch
-            keras_r21d.layers.autotune_lowering(model, batch_size=command["batch"],
-                                                modes=("infer",) if command["mode"] == "infer" else ("train",))
+            table = keras_r21d.layers.autotune_lowering(
+                model, batch_size=command["batch"], modes=("infer",) if command["mode"] == "infer" else ("train",))
+            for entry in table.entries:
+                choices[entry["choice"]] = choices.get(entry["choice"], 0) + entry["layers"]
         if command["mode"] == "infer":
             if command.get("fold_batchnorm"):
                 model = keras_r21d.fold_batchnorm(model)
@@ -172,7 +175,8 @@ def main(threads):
                 model.train_on_batch(x, y)
 
         stats = keras_r21d.model_stats(model)
-        return run, {"ok": True, "macs": stats["macs"], "trainable_params": stats["trainable_params"]}
+        return run, {"ok": True, "macs": stats["macs"], "trainable_params": stats["trainable_params"],
+                     "lowerings": choices}
 
     def gemm(n):
         a = keras.random.normal((n, n), seed=1)

@@ -207,7 +207,13 @@ class VideoConv(keras.layers.Layer):
         _, ph, pw = self.padding
         st = self.strides[0]
         pt = self.padding[0]
-        if st != 1 or pt:
+        if h == w == 1 and not (ph or pw) and (sh != 1 or sw != 1) and not pt:
+            # A strided 1x1x1 kernel (a downsampling shortcut) reads one pixel in
+            # st * sh * sw: one slice takes exactly those, then a stride-1 conv.
+            # (Slicing the frames only, then a strided Conv2D, copied 4x more.)
+            x = x[:, ::st, ::sh, ::sw]
+            st = sh = sw = 1
+        elif st != 1 or pt:
             # A 1 x h x w kernel with temporal stride or padding: the frames
             # it reads are a strided slice of the (padded) clip.
             if pt:
