@@ -256,16 +256,24 @@ class VideoConv(keras.layers.Layer):
         zeros = ops.zeros_like(x[:, :1])
         return ops.concatenate([zeros] * pt + [x] + [zeros] * pt, axis=1)
 
-    def _im2col(self, x):
-        t, h, w = self.kernel_size
-        st, sh, sw = self.strides
-        pt, ph, pw = self.padding
-        x = self._pad_time(x, pt)
+    def _time_taps(self, x):
+        """`(shape of the time-padded clip, output frames, taps)`: tap `k` holds padded frames `j * st + k`.
+
+        Output frame `j` of a `t x h x w` kernel sees padded frames
+        `j * st .. j * st + t - 1`; tap `k` is the `k`-th of them for every `j`.
+        """
+        t, st = self.kernel_size[0], self.strides[0]
+        x = self._pad_time(x, self.padding[0])
         shape = ops.shape(x)
         out_t = (shape[1] - t) // st + 1
-        # Output frame j sees padded frames j*st .. j*st + t - 1: gather them
-        # as t strided slices and stack them on the channel axis.
-        taps = [x[:, k : k + (out_t - 1) * st + 1 : st] for k in range(t)]
+        return shape, out_t, [x[:, k : k + (out_t - 1) * st + 1 : st] for k in range(t)]
+
+    def _im2col(self, x):
+        t, h, w = self.kernel_size
+        _, sh, sw = self.strides
+        _, ph, pw = self.padding
+        # The taps stacked on the channel axis, then one 2D convolution.
+        shape, _, taps = self._time_taps(x)
         stacked = ops.concatenate(taps, axis=-1)
         sshape = ops.shape(stacked)
         frames = ops.reshape(stacked, (-1, shape[2], shape[3], t * shape[4]))
@@ -275,16 +283,13 @@ class VideoConv(keras.layers.Layer):
         return ops.reshape(y, (-1, sshape[1], yshape[1], yshape[2], self.filters))
 
     def _shifted(self, x):
-        t, h, w = self.kernel_size
-        st, sh, sw = self.strides
-        pt, ph, pw = self.padding
-        x = self._pad_time(x, pt)
-        shape = ops.shape(x)
-        out_t = (shape[1] - t) // st + 1
+        _, sh, sw = self.strides
+        _, ph, pw = self.padding
         # Output frame j is the sum over taps k of tap k's 2D kernel on padded frame j*st + k.
+        shape, out_t, taps = self._time_taps(x)
         y = None
-        for k in range(t):
-            frames = ops.reshape(x[:, k : k + (out_t - 1) * st + 1 : st], (-1, shape[2], shape[3], shape[4]))
+        for k, frames in enumerate(taps):
+            frames = ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
             tap = self._conv2d_only(frames, self.kernel[k], (sh, sw), (ph, pw))
             y = tap if y is None else y + tap
         y = self._bias_activation(y)
