@@ -189,6 +189,12 @@ def test_a_runs_table_is_reused_on_the_same_machine_and_remeasured_on_another(tm
     assert installed() == again.choices()
     assert all(e["choice"] == min(e["ms"], key=e["ms"].get) for e in again.entries)
 
+    # Damaged: a clear error naming the file, and the file left as it is.
+    path.write_text("{truncated")
+    with pytest.raises(LoweringError, match=f"{path}: not a readable lowering table.*delete it to measure"):
+        _autotune_lowering(model, str(tmp_path), 1)
+    assert path.read_text() == "{truncated"
+
 
 @pytest.mark.parametrize("choice", ["im2col", "shifted"])
 def test_mixed_lowerings_retraced_for_any_batch(choice):

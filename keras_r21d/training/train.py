@@ -23,7 +23,7 @@ from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, trai
 from keras_r21d.data.service import STALL_TIMEOUT
 from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.layers.autotune import autotune_lowering
-from keras_r21d.layers.lowering import LoweringTable, lowering_scope
+from keras_r21d.layers.lowering import LoweringError, LoweringTable, lowering_scope
 from keras_r21d.models.registry import get_model
 from keras_r21d.models.specs import VARIANTS, clip_input_shape
 from keras_r21d.models.video_resnet import VideoResNet
@@ -255,7 +255,10 @@ def _autotune_lowering(model, run_dir, per_replica_batch, clip_shape=None):
     """
     path = os.path.join(run_dir, LOWERING_FILE) if run_dir else None
     if path and os.path.exists(path):
-        table = LoweringTable.load(path)
+        try:
+            table = LoweringTable.load(path)
+        except LoweringError as error:  # the run's own file, damaged: say so rather than replace it
+            raise LoweringError(f"{error}; delete it to measure the lowerings again") from None
         if table.machine_matches():
             table.install()
             logger.info("lowerings of the full 3D kernels from %s", path)
@@ -436,9 +439,6 @@ def train(config=None, callbacks=None, **kwargs):
                                  bad_videos=bad_videos, repeat=True)
         val_ds = eval_dataset(val_set, batch_size, config.clip_config(test_clips=1), with_video_id=False,
                               bad_videos=bad_videos)
-        if config.autotune_lowering:
-            _autotune_lowering(model, run_dir if chief else None, batch_size // strategy.num_replicas_in_sync,
-                               tuple(train_ds.element_spec[0].shape[1:]))
 
         if chief:
             os.makedirs(run_dir, exist_ok=True)
@@ -461,6 +461,9 @@ def train(config=None, callbacks=None, **kwargs):
                 record["resumed_from_epoch"] = initial_epoch
                 record.setdefault("resumes", []).append({"from_epoch": initial_epoch, "versions": now["versions"]})
             _write_record(run_dir, record)
+        if config.autotune_lowering:  # after run.json: the folder is a run, whatever happens from here
+            _autotune_lowering(model, run_dir if chief else None, batch_size // strategy.num_replicas_in_sync,
+                               tuple(train_ds.element_spec[0].shape[1:]))
 
         # Data parallelism on JAX: validation outside fit, whose compiled steps need evenly splitting batches.
         callbacks = list(callbacks or []) + [ClipValidation(val_ds)] * data_parallel + [
