@@ -107,8 +107,12 @@ def test_bench_lowering_times_each_full_3d_conv_every_way():
     for row in layers:
         times = [[float(t) for t in cell.split("/")] for cell in (row[6], row[7])]
         assert all(len(ms) == 3 and min(ms) > 0 for ms in times), row  # all three lowerings measured
-        # "auto" picks the fastest, inference and training apart (the times are printed to 0.1 ms).
+        # "auto" picks the fastest, inference and training apart, or Conv3D when no other beats it by 5% (the
+        # times are printed to 0.1 ms).
         names = ["conv3d", "im2col", "shifted"]
         for choice, ms in zip([c.strip() for c in row[8].split(",")], times):
-            assert ms[names.index(choice)] <= min(ms) + 0.05, row
+            if choice == "conv3d":
+                assert min(ms) >= 0.95 * ms[0] - 0.1, row
+            else:
+                assert ms[names.index(choice)] <= min(0.95 * ms[0], min(ms)) + 0.1, row
         assert float(row[9]) < 1e-4, row  # the same convolution

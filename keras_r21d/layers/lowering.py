@@ -94,9 +94,11 @@ class LoweringTable:
 
     `entries` is a list of dicts: `backend`, `dtype`, `input_shape`
     (`(T, H, W, C)`), `kernel`, `strides`, `padding`, `filters`, `mode`
-    (`"train"` or `"infer"`), `batch_size`, `layers` (how many layers of
-    the measured model have this shape), `ms` (`{lowering: median
-    milliseconds}`) and `choice` (the fastest).
+    (`"train"` or `"infer"`), `batch_size`, `input_gradient` (whether the
+    training pass computed the input's gradient: not for the stem),
+    `layers` (how many layers of the measured model have this shape), `ms`
+    (`{lowering: median milliseconds}`) and `choice` (the fastest, or
+    `conv3d` when nothing beats it by 5%).
     """
 
     def __init__(self, entries, machine=None):

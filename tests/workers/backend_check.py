@@ -77,6 +77,7 @@ if __name__ == "__main__":
     # Each full 3D kernel's lowering measured on this backend: every entry times all three lowerings and installs
     # the fastest; the model's outputs stay as they were, and it trains with the training choices.
     from keras_r21d.layers import autotune_lowering, clear_lowering
+    from keras_r21d.layers.autotune import choose
 
     r3d = keras_r21d.get_model("r3d_10", **reference["variants"]["r3d"]["kwargs"])
     before = keras.ops.convert_to_numpy(r3d(clips, training=False))
@@ -86,7 +87,7 @@ if __name__ == "__main__":
     losses = [float(r3d.train_on_batch(clips, labels)) for _ in range(2)]
     results["autotune"] = {
         "entries": len(table.entries), "backends": sorted({e["backend"] for e in table.entries}),
-        "fastest": all(e["choice"] == min(e["ms"], key=e["ms"].get) for e in table.entries),
+        "fastest": all(e["choice"] == choose(e["ms"]) for e in table.entries),
         "timed": all(len(e["ms"]) == 3 and min(e["ms"].values()) > 0 for e in table.entries),
         "choices": sorted({e["choice"] for e in table.entries}),
         "diff": float(np.abs(after - before).max()), "losses": losses,
