@@ -271,29 +271,3 @@ def test_strided_pointwise_conv_reads_only_the_pixels_it_uses():
     assert len(convs) == 1 and list(convs[0].get_attr("strides")) == [1, 1, 1, 1]
     reference = _reference_conv3d(6, (1, 1, 1), (2, 2, 2), (0, 0, 0), np.asarray(layer.kernel))
     np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(reference(x)), atol=1e-6)
-
-
-@pytest.mark.parametrize("kernel,strides", [((1, 3, 3), (1, 2, 2)), ((3, 1, 1), (2, 1, 1))])
-def test_strided_2d_lowerings_pad_inside_the_convolution(kernel, strides):
-    """A strided spatial or temporal conv pads inside TensorFlow's Conv2D (explicit padding): no `Pad` op, so no
-    padded copy is kept for the backward pass. Outputs and gradients equal the 5-D convolution's."""
-    import tensorflow as tf
-
-    x = tf.constant(random_clip((2, 6, 10, 9, 4)))
-    results = []
-    for implementation in ("auto", "conv3d"):
-        layer = VideoConv(5, kernel, strides=strides, implementation=implementation)
-        layer.build(x.shape)
-        layer.kernel.assign(random_clip(tuple(layer.kernel.shape), seed=3))
-        if implementation == "auto":
-            graph = tf.function(lambda x, layer=layer: layer(x)).get_concrete_function(
-                tf.TensorSpec(x.shape, tf.float32)).graph
-            types = [op.type for op in graph.get_operations()]
-            assert "Pad" not in types and "PadV2" not in types and "Conv2D" in types
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=True)
-            loss = tf.reduce_sum(y * y)
-        results.append([y.numpy(), *(g.numpy() for g in tape.gradient(loss, [x, layer.kernel]))])
-    for got, want in zip(*results):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

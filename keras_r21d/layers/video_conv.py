@@ -300,13 +300,6 @@ class VideoConv(keras.layers.Layer):
         """`_conv2d` without the bias and activation (a tap of `_shifted`, whose sum takes them)."""
         if self._same(kernel.shape[:2], strides, pad):
             return ops.conv(x, kernel, strides=1, padding="same")
-        if any(pad) and keras.backend.backend() == "tensorflow":
-            # TensorFlow's Conv2D pads by itself (explicit padding): no padded copy of the input is made, nor
-            # kept for the backward pass, nor sliced out of the input's gradient.
-            import tensorflow as tf
-
-            return tf.nn.conv2d(x, ops.cast(kernel, x.dtype), strides=[1, *strides, 1],
-                                padding=[[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]])
         if any(pad):
             x = ops.pad(x, [[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]])
         return ops.conv(x, kernel, strides=strides, padding="valid")
