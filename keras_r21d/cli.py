@@ -9,6 +9,8 @@ from keras_r21d.version import __version__
 
 # = keras_r21d.training.strategy.STRATEGIES, spelled here so that `--help` imports no TensorFlow (a test compares).
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "one_device", "data_parallel")
+# = keras_r21d.layers.video_conv.IMPLEMENTATIONS, spelled here so that `--help` imports no Keras (a test compares).
+IMPLEMENTATIONS = ("auto", "conv2d", "conv3d", "shifted")
 
 MAX_PIXELS_HELP = ("refuse videos whose test-clip frames, at the size they are decoded at (the pre-crop size), "
                    "exceed N pixels (clip frames x height x width; default 2^30)")
@@ -683,7 +685,7 @@ def build_parser():
                    help="mixed_float16 on GPUs (with loss scaling), mixed_bfloat16 elsewhere; float32 variables, "
                         "BatchNorm statistics, softmax and loss")
     p.add_argument("--xla", action="store_true", help="jit_compile the train step (slower on CPUs)")
-    p.add_argument("--implementation", choices=["auto", "conv2d", "conv3d", "shifted"], default="auto",
+    p.add_argument("--implementation", choices=IMPLEMENTATIONS, default="auto",
                    help="lowering of the convolutions (conv2d, shifted: no 5-D kernels; which is faster depends on "
                         "the machine, see BENCHMARKS.md and --autotune-lowering)")
     p.add_argument("--autotune-lowering", action="store_true",
@@ -732,7 +734,7 @@ def build_parser():
     p.add_argument("--size", type=POSITIVE, default=None, help="crop size (default: the model's or its run's)")
     p.add_argument("--top-k", type=POSITIVE, default=5)
     p.add_argument("--quantization", choices=["float16", "dynamic", "int8"], default=None, help="tflite only")
-    p.add_argument("--implementation", choices=["conv2d", "auto", "conv3d", "shifted"], default="conv2d",
+    p.add_argument("--implementation", choices=IMPLEMENTATIONS, default="conv2d",
                    help="tflite: conv2d (default) and shifted have no CONV_3D op; auto/conv3d keep 3D kernels as "
                         "CONV_3D")
     p.add_argument("--keep-batchnorm", action="store_true",

@@ -71,6 +71,18 @@ def test_make_synthetic_and_check_videos(tmp_path):
     assert text.stdout.strip().splitlines()[-1] == "8 videos checked, 8 ok, 0 unreadable or too short"
 
 
+def test_the_implementation_choices_are_the_layers_s():
+    """The CLI spells the lowerings so that `--help` imports no Keras; they must be the ones `VideoConv` takes."""
+    from keras_r21d import cli
+    from keras_r21d.layers.video_conv import IMPLEMENTATIONS
+
+    assert cli.IMPLEMENTATIONS == IMPLEMENTATIONS
+    for command in ("train", "export"):
+        help_text = subprocess.run([sys.executable, "-m", "keras_r21d", command, "--help"], capture_output=True,
+                                   text=True, check=True).stdout
+        assert "{" + ",".join(IMPLEMENTATIONS) + "}" in "".join(help_text.split()), command
+
+
 def test_the_strategy_choices_are_the_training_module_s():
     """The CLI spells the strategies so that `--help` imports no TensorFlow; they must be the ones `train` takes."""
     from keras_r21d import cli

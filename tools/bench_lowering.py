@@ -29,9 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_r21d  # noqa: E402
 from keras_r21d.layers import VideoConv, autotune_lowering  # noqa: E402
-from keras_r21d.layers.lowering import FULL_LOWERINGS  # noqa: E402
-
-IMPLEMENTATION = {"conv3d": "conv3d", "im2col": "conv2d", "shifted": "shifted"}
+from keras_r21d.layers.lowering import FULL_LOWERINGS, IMPLEMENTATION_OF  # noqa: E402
 
 
 def max_difference(entry):
@@ -41,7 +39,7 @@ def max_difference(entry):
     outputs, weights = [], None
     for name in FULL_LOWERINGS:
         layer = VideoConv(entry["filters"], entry["kernel"], strides=entry["strides"], padding=entry["padding"],
-                          implementation=IMPLEMENTATION[name])
+                          implementation=IMPLEMENTATION_OF[name])
         layer.build((None, *dims))
         if weights is None:
             weights = layer.get_weights()

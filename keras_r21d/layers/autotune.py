@@ -9,7 +9,7 @@ import time
 import keras
 import numpy as np
 
-from keras_r21d.layers.lowering import FULL_LOWERINGS, MODES, LoweringTable, machine_facts
+from keras_r21d.layers.lowering import FULL_LOWERINGS, IMPLEMENTATION_OF, MODES, LoweringTable, machine_facts
 from keras_r21d.layers.video_conv import VideoConv
 
 # Another lowering replaces Conv3D (the default, what runs without a table) only when it is this much faster: a
@@ -56,11 +56,6 @@ def auto_full_convs(model, input_shape=None):
                layer.compute_dtype, input_gradient)
         found.setdefault(key, []).append(layer)
     return found
-
-
-def _forced(lowering):
-    """The `implementation` that runs a full kernel in `lowering`."""
-    return {"conv3d": "conv3d", "im2col": "conv2d", "shifted": "shifted"}[lowering]
 
 
 def _runner(layer, x, mode, input_gradient=True):
@@ -158,8 +153,8 @@ def autotune_lowering(model, batch_size=8, input_shape=None, modes=MODES, loweri
         x = keras.ops.convert_to_tensor(rng.standard_normal((int(batch_size), *dims)).astype("float32"), dtype=dtype)
         candidates = {}
         for name in lowerings:
-            candidate = VideoConv(filters, kernel, strides=strides, padding=padding, implementation=_forced(name),
-                                  dtype=layers[0].dtype_policy)
+            candidate = VideoConv(filters, kernel, strides=strides, padding=padding,
+                                  implementation=IMPLEMENTATION_OF[name], dtype=layers[0].dtype_policy)
             candidate.build((None, *dims))
             candidate.kernel.assign(layers[0].kernel)
             candidates[name] = candidate

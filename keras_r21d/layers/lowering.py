@@ -36,10 +36,14 @@ import platform
 
 import keras
 
+from keras_r21d._files import atomic_write_text
+
 FORMAT = "keras_r21d.lowering_table/1"
 MODES = ("train", "infer")
 # The lowerings of a full `t x h x w` kernel (`t > 1` and `h * w > 1`), the candidates `autotune_lowering` times.
 FULL_LOWERINGS = ("conv3d", "im2col", "shifted")
+# The `implementation` that runs a full kernel in each of them.
+IMPLEMENTATION_OF = {"conv3d": "conv3d", "im2col": "conv2d", "shifted": "shifted"}
 _INSTALLED = {}  # key (see _key) -> lowering
 
 
@@ -123,11 +127,8 @@ class LoweringTable:
         return {"format": FORMAT, "machine": self.machine, "entries": self.entries}
 
     def save(self, path):
-        """Writes the table as JSON, atomically (a temporary file renamed over `path`)."""
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.to_json(), f, indent=1)
-        os.replace(tmp, path)
+        """Writes the table as JSON, atomically (`atomic_write_text`: a temporary file, fsync, a rename)."""
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1))
 
     @classmethod
     def load(cls, path):
