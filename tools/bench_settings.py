@@ -8,7 +8,9 @@ after one warm-up is printed. Configurations: `default`, `onednn_off`
 (`implementation="conv2d"`: full 3D kernels by temporal im2col), `folded`
 (inference of `keras_r21d.fold_batchnorm(model)`), `xla` (`jit_compile=True`),
 `folded_xla`, `plain_bn` (Keras' own BatchNormalization code in training,
-the before of `BatchNormalization`'s fused call), `autotune` and
+the before of `BatchNormalization`'s fused call), `keep_pad` (padded strided
+convolutions keep their padded input for the backward pass instead of
+padding again), `autotune` and
 `folded_autotune` (each full 3D kernel's lowering measured first by
 `keras_r21d.layers.autotune_lowering`, at the bench's batch and mode); CONFIGS is
 a comma-separated subset. SHAPE is `FRAMESxSIZE[xWIDTH_MULTIPLIER]`
@@ -38,6 +40,7 @@ CONFIGS = {  # name: (environment, setup arguments)
     "xla": ({}, {"jit_compile": True}),
     "folded_xla": ({}, {"fold_batchnorm": True, "jit_compile": True}),
     "plain_bn": ({}, {"plain_batchnorm": True}),
+    "keep_pad": ({}, {"keep_pad": True}),
     "autotune": ({}, {"autotune_lowering": True}),
     "folded_autotune": ({}, {"fold_batchnorm": True, "autotune_lowering": True}),
 }

@@ -5,9 +5,10 @@
 Extra commands: `setup` takes `implementation`, `width_multiplier`,
 `fold_batchnorm` (inference of `keras_r21d.fold_batchnorm(model)`),
 `jit_compile` (XLA, TensorFlow), `autotune_lowering` (`keras_r21d.layers.autotune_lowering` at
-the bench's batch and mode before the first step) and `plain_batchnorm` (Keras' own
-`BatchNormalization` code instead of the fused training call); `pipeline` (TensorFlow) times the
-training input pipeline on real encoded videos. On JAX and PyTorch the
+the bench's batch and mode before the first step), `plain_batchnorm` (Keras' own
+`BatchNormalization` code instead of the fused training call) and `keep_pad` (padded strided
+convolutions keep their padded input for the backward pass, as before `VideoConv` padded again);
+`pipeline` (TensorFlow) times the training input pipeline on real encoded videos. On JAX and PyTorch the
 worker imports no TensorFlow: torch and TensorFlow must not share a process.
 """
 
@@ -146,6 +147,8 @@ def main(threads):
         # `plain_batchnorm`: Keras' own BatchNormalization code in training (the before of the fused layer).
         fused = keras_r21d.layers.BatchNormalization
         fused.call = keras.layers.BatchNormalization.call if command.get("plain_batchnorm") else fused_call
+        # `keep_pad`: the plain gradient of `Pad` and a valid convolution (the before of `_padded_conv`).
+        keras_r21d.layers.video_conv.RECOMPUTE_PAD = not command.get("keep_pad")
         shape = (command["frames"], command["size"], command["size"], 3)
         model = keras_r21d.get_model(command["model"], input_shape=shape, classes=400, midplanes="torchvision",
                                      implementation=command.get("implementation", "auto"),

@@ -8,6 +8,11 @@ from keras_r21d.layers.utils import conv_output_length, normalize_triple
 
 IMPLEMENTATIONS = ("auto", "conv2d", "conv3d", "shifted")
 
+# Whether a padded strided convolution pads its input again in the backward
+# pass on TensorFlow instead of keeping the padded copy (`_padded_conv`).
+# Off only to measure the difference (`tools/bench_settings.py`'s `keep_pad`).
+RECOMPUTE_PAD = True
+
 
 def check_implementation(implementation):
     """Raises a `ValueError` naming the choices unless `implementation` is one of `IMPLEMENTATIONS`."""
@@ -155,17 +160,18 @@ class VideoConv(keras.layers.Layer):
         shape = tuple(inputs.shape)
         if all(d is not None for d in shape[1:]):
             self._call_shape = shape  # the last fully known input shape: what autotune_lowering measures
-        lowering = self.lowering_for(bool(training), shape)
+        training = bool(training)
+        lowering = self.lowering_for(training, shape)
         if lowering == "conv3d":
-            outputs = self._conv3d(inputs)
+            outputs = self._conv3d(inputs, training)
         elif lowering == "spatial":
-            outputs = self._spatial(inputs)
+            outputs = self._spatial(inputs, training)
         elif lowering == "temporal":
-            outputs = self._temporal(inputs)
+            outputs = self._temporal(inputs, training)
         elif lowering == "shifted":
-            outputs = self._shifted(inputs)
+            outputs = self._shifted(inputs, training)
         else:
-            outputs = self._im2col(inputs)
+            outputs = self._im2col(inputs, training)
         return outputs
 
     def _bias_activation(self, y):
@@ -190,18 +196,13 @@ class VideoConv(keras.layers.Layer):
         """
         return all(s == 1 and k % 2 == 1 and p == k // 2 for k, s, p in zip(kernel, strides, pad))
 
-    def _conv3d(self, x):
-        if self._same(self.kernel_size, self.strides, self.padding):
-            return self._bias_activation(ops.conv(x, self.kernel, strides=1, padding="same"))
-        pt, ph, pw = self.padding
-        if any(self.padding):
-            x = ops.pad(x, [[0, 0], [pt, pt], [ph, ph], [pw, pw], [0, 0]])
-        return self._bias_activation(ops.conv(x, self.kernel, strides=self.strides, padding="valid"))
+    def _conv3d(self, x, training):
+        return self._bias_activation(self._conv_only(x, self.kernel, self.strides, self.padding, training))
 
-    def _conv2d(self, x, kernel, strides, pad):
-        return self._bias_activation(self._conv2d_only(x, kernel, strides, pad))
+    def _conv2d(self, x, kernel, strides, pad, training):
+        return self._bias_activation(self._conv_only(x, kernel, strides, pad, training))
 
-    def _spatial(self, x):
+    def _spatial(self, x, training):
         _, h, w = self.kernel_size
         _, sh, sw = self.strides
         _, ph, pw = self.padding
@@ -222,11 +223,11 @@ class VideoConv(keras.layers.Layer):
         shape = ops.shape(x)
         frames = ops.reshape(x, (-1, shape[2], shape[3], shape[4]))
         kernel = ops.reshape(self.kernel, (h, w, shape[4], self.filters))
-        y = self._conv2d(frames, kernel, (sh, sw), (ph, pw))
+        y = self._conv2d(frames, kernel, (sh, sw), (ph, pw), training)
         yshape = ops.shape(y)
         return ops.reshape(y, (-1, shape[1], yshape[1], yshape[2], self.filters))
 
-    def _temporal(self, x):
+    def _temporal(self, x, training):
         t = self.kernel_size[0]
         st, sh, sw = self.strides
         pt, ph, pw = self.padding
@@ -237,7 +238,7 @@ class VideoConv(keras.layers.Layer):
         shape = ops.shape(x)
         tubes = ops.reshape(x, (-1, shape[1], shape[2] * shape[3], shape[4]))
         kernel = ops.reshape(self.kernel, (t, 1, shape[4], self.filters))
-        y = self._conv2d(tubes, kernel, (st, 1), (pt, 0))
+        y = self._conv2d(tubes, kernel, (st, 1), (pt, 0), training)
         return ops.reshape(y, (-1, ops.shape(y)[1], shape[2], shape[3], self.filters))
 
     @staticmethod
@@ -268,7 +269,7 @@ class VideoConv(keras.layers.Layer):
         out_t = (shape[1] - t) // st + 1
         return shape, out_t, [x[:, k : k + (out_t - 1) * st + 1 : st] for k in range(t)]
 
-    def _im2col(self, x):
+    def _im2col(self, x, training):
         t, h, w = self.kernel_size
         _, sh, sw = self.strides
         _, ph, pw = self.padding
@@ -278,11 +279,11 @@ class VideoConv(keras.layers.Layer):
         sshape = ops.shape(stacked)
         frames = ops.reshape(stacked, (-1, shape[2], shape[3], t * shape[4]))
         kernel = ops.reshape(ops.transpose(self.kernel, (1, 2, 0, 3, 4)), (h, w, t * shape[4], self.filters))
-        y = self._conv2d(frames, kernel, (sh, sw), (ph, pw))
+        y = self._conv2d(frames, kernel, (sh, sw), (ph, pw), training)
         yshape = ops.shape(y)
         return ops.reshape(y, (-1, sshape[1], yshape[1], yshape[2], self.filters))
 
-    def _shifted(self, x):
+    def _shifted(self, x, training):
         _, sh, sw = self.strides
         _, ph, pw = self.padding
         # Output frame j is the sum over taps k of tap k's 2D kernel on padded frame j*st + k.
@@ -290,18 +291,24 @@ class VideoConv(keras.layers.Layer):
         y = None
         for k, frames in enumerate(taps):
             frames = ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
-            tap = self._conv2d_only(frames, self.kernel[k], (sh, sw), (ph, pw))
+            tap = self._conv_only(frames, self.kernel[k], (sh, sw), (ph, pw), training)
             y = tap if y is None else y + tap
         y = self._bias_activation(y)
         yshape = ops.shape(y)
         return ops.reshape(y, (-1, out_t, yshape[1], yshape[2], self.filters))
 
-    def _conv2d_only(self, x, kernel, strides, pad):
-        """`_conv2d` without the bias and activation (a tap of `_shifted`, whose sum takes them)."""
-        if self._same(kernel.shape[:2], strides, pad):
+    def _conv_only(self, x, kernel, strides, pad, training):
+        """A 2D or 3D convolution with symmetric padding `pad`, without the bias and activation.
+
+        (`_shifted`'s taps call it directly: their sum takes the bias.)
+        """
+        if self._same(kernel.shape[:-2], strides, pad):
             return ops.conv(x, kernel, strides=1, padding="same")
-        if any(pad):
-            x = ops.pad(x, [[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]])
+        if not any(pad):
+            return ops.conv(x, kernel, strides=strides, padding="valid")
+        if training and RECOMPUTE_PAD and keras.backend.backend() == "tensorflow":
+            return _padded_conv(x, kernel, strides, pad)
+        x = ops.pad(x, [[0, 0], *[[p, p] for p in pad], [0, 0]])
         return ops.conv(x, kernel, strides=strides, padding="valid")
 
     def compute_output_shape(self, input_shape):
@@ -333,3 +340,45 @@ class VideoConv(keras.layers.Layer):
             }
         )
         return config
+
+
+def _padded_conv(x, kernel, strides, pad):
+    """TensorFlow: `Pad`, then a valid 2D or 3D convolution, whose gradient pads `x` again.
+
+    The plain graph keeps the padded copy of `x` alive from the forward
+    pass to the kernel's gradient, next to `x` itself (which the layer
+    before needs for its own gradient): about 250 MB in an R(2+1)D-18
+    training step at batch 8, whose downsampling convolutions are strided
+    and padded (BENCHMARKS.md). Here the backward pass pads `x` again, one
+    `Pad` more per step. The forward ops are the same `Pad` and
+    convolution, so oneDNN still fuses them (`_MklNativePadWithConv2D`);
+    a convolution with explicit paddings instead leaves that kernel, 3x
+    slower in bfloat16.
+    """
+    import tensorflow as tf
+
+    paddings = [[0, 0], *[[p, p] for p in pad], [0, 0]]
+    strides = [1, *strides, 1]
+    if len(x.shape) == 4:
+        conv, input_grad, kernel_grad = tf.nn.conv2d, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter
+    else:
+        conv, input_grad, kernel_grad = (tf.nn.conv3d, tf.raw_ops.Conv3DBackpropInputV2,
+                                         tf.raw_ops.Conv3DBackpropFilterV2)
+
+    @tf.custom_gradient
+    def padded_conv(x, kernel):
+        def gradient(dy):
+            # The second `Pad` waits for `dy`; without that dependency Grappler
+            # merges it with the forward one and the copy lives on.
+            with tf.control_dependencies([dy]):
+                padded = tf.pad(tf.identity(x), paddings)
+            dx = input_grad(input_sizes=tf.shape(padded), filter=kernel, out_backprop=dy, strides=strides,
+                            padding="VALID")
+            dx = tf.slice(dx, [0, *pad, 0], tf.shape(x))
+            dkernel = kernel_grad(input=padded, filter_sizes=tf.shape(kernel), out_backprop=dy, strides=strides,
+                                  padding="VALID")
+            return dx, dkernel
+
+        return conv(tf.pad(x, paddings), kernel, strides, "VALID"), gradient
+
+    return padded_conv(x, tf.cast(kernel, x.dtype))
