@@ -301,7 +301,7 @@ def test_padded_strided_conv_trains_as_the_reference(kernel, strides, implementa
                                                  ((3, 3, 3), (2, 2, 2), "Conv3D")])
 def test_padded_strided_conv_does_not_keep_its_padded_input(kernel, strides, conv):
     """Training, a padded strided conv's kernel gradient reads a second `Pad` of the input, made in the backward
-    pass, not the forward conv's padded copy (which would stay alive between the two passes: about 250 MB of an
+    pass, not the forward conv's padded copy (which would stay alive between the two passes: 200-420 MB of an
     R(2+1)D-18 step at batch 8), also after Grappler's optimizations, which merge identical ops; inference keeps
     one `Pad`."""
     import tensorflow as tf

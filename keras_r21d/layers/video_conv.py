@@ -347,10 +347,10 @@ def _padded_conv(x, kernel, strides, pad):
 
     The plain graph keeps the padded copy of `x` alive from the forward
     pass to the kernel's gradient, next to `x` itself (which the layer
-    before needs for its own gradient): about 250 MB in an R(2+1)D-18
-    training step at batch 8, whose downsampling convolutions are strided
-    and padded (BENCHMARKS.md). Here the backward pass pads `x` again, one
-    `Pad` more per step. The forward ops are the same `Pad` and
+    before needs for its own gradient): 200-420 MB of an R(2+1)D-18
+    training step's peak at batch 8, whose downsampling convolutions are
+    strided and padded (BENCHMARKS.md). Here the backward pass pads `x`
+    again, one `Pad` more per conv, and the step ran 10% faster. The forward ops are the same `Pad` and
     convolution, so oneDNN still fuses them (`_MklNativePadWithConv2D`);
     a convolution with explicit paddings instead leaves that kernel, 3x
     slower in bfloat16.
