@@ -298,7 +298,8 @@ def cmd_train(args):
 
     config = TrainConfig(
         data=args.data, out=args.out, arch=args.arch, depth=args.depth, frames=args.frames, size=args.size,
-        batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, schedule=args.schedule,
+        batch_size=args.batch_size, accumulate=args.accumulate, epochs=args.epochs, lr=args.lr,
+        schedule=args.schedule,
         decay_epochs=args.decay_epochs, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
         momentum=args.momentum, nesterov=not args.no_nesterov, width_multiplier=args.width_multiplier,
         dropout=args.dropout, val_data=args.val_data, val_freq=args.val_freq, test_clips=args.test_clips,
@@ -658,6 +659,9 @@ def build_parser():
     p.add_argument("--size", type=POSITIVE, default=112, help="crop size (frames are resized to 128/112 of it first)")
     p.add_argument("--batch-size", type=POSITIVE, default=8,
                    help="global batch size (at most the number of training videos)")
+    p.add_argument("--accumulate", type=POSITIVE, default=1, metavar="N",
+                   help="gradient accumulation: one update per N batches, as one batch of N x --batch-size clips "
+                        "(the learning rate scales with it; BatchNorm still sees --batch-size clips)")
     p.add_argument("--epochs", type=POSITIVE, default=None, help="(default: 45, or 10 when fine-tuning with --init)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (its settings must match: see run.json)")

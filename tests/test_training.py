@@ -80,6 +80,91 @@ def test_recipe_uses_nesterov_momentum_0_9():
     np.testing.assert_allclose(after[bias] - before[bias], -1.9 * lr, rtol=1e-5)
 
 
+def test_accumulated_gradients_update_as_one_big_batch():
+    """`accumulate=2`: two batches of 4 then one update give the weights of one step on the batch of 8 (a network
+    without BatchNorm, the recipe's SGD with Nesterov momentum and weight decay, two updates); between the two
+    batches the weights do not move."""
+    from keras_r21d.layers import VideoConv
+    from keras_r21d.training.train import _compile
+
+    def network():
+        inputs = keras.Input((4, 8, 8, 3))
+        x = VideoConv(6, (3, 3, 3), activation="relu", use_bias=True)(inputs)
+        x = keras.layers.GlobalAveragePooling3D()(x)
+        return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+    rng = np.random.default_rng(0)
+    clips = rng.normal(size=(16, 4, 8, 8, 3)).astype("float32")
+    labels = rng.integers(0, 3, 16)
+    accumulated, big = network(), network()
+    big.set_weights(accumulated.get_weights())
+    _compile(accumulated, TrainConfig(data="unused", out="unused", accumulate=2), lr=0.5, steps_per_epoch=4,
+             epochs=10)
+    _compile(big, TrainConfig(data="unused", out="unused"), lr=0.5, steps_per_epoch=2, epochs=10)
+    start = [w.copy() for w in accumulated.get_weights()]
+    accumulated.train_on_batch(clips[:4], labels[:4])
+    for before, after in zip(start, accumulated.get_weights()):
+        np.testing.assert_array_equal(after, before)  # accumulated, not applied
+    accumulated.train_on_batch(clips[4:8], labels[4:8])
+    accumulated.train_on_batch(clips[8:12], labels[8:12])
+    accumulated.train_on_batch(clips[12:], labels[12:])
+    big.train_on_batch(clips[:8], labels[:8])
+    big.train_on_batch(clips[8:], labels[8:])
+    assert int(accumulated.optimizer.iterations) == int(big.optimizer.iterations) == 2
+    moved = False
+    for a, b, before in zip(accumulated.get_weights(), big.get_weights(), start):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        moved = moved or not np.allclose(b, before, atol=1e-4)
+    assert moved
+
+
+def test_accumulate_scales_the_learning_rate_and_counts_updates(tiny_data, tmp_path, monkeypatch):
+    """`train(accumulate=2)`: the learning rate scales with the effective batch, an epoch is whole updates, and
+    run.json records both batches; `--accumulate` reaches the config."""
+    from keras_r21d import cli
+    from keras_r21d.training import scaled_learning_rate
+
+    result = train(_tiny_config(tiny_data, tmp_path / "run", batch_size=4, accumulate=4, epochs=1))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    # 24 training videos: 6 batches of 4, rounded up to 8 for whole updates of 4 batches each
+    assert (run["batch_size"], run["accumulate"], run["effective_batch"], run["steps_per_epoch"]) == (4, 4, 16, 8)
+    assert run["phases"][0]["learning_rate"] == pytest.approx(scaled_learning_rate(16))
+    assert int(result["model"].optimizer.iterations) == 2
+    with pytest.raises(ValueError, match="accumulate"):
+        TrainConfig(data=tiny_data, accumulate=0)
+    seen = {}
+    monkeypatch.setattr(keras_r21d.training, "run_or_exit",
+                        lambda function, config, resume: seen.update(config=config) or {"report": None})
+    cli.main(["train", "--data", tiny_data, "--out", str(tmp_path / "cli"), "--accumulate", "3"])
+    assert seen["config"].accumulate == 3
+
+
+def test_accumulate_is_refused_under_mirrored_replicas(tiny_data, tmp_path):
+    """Keras' gradient accumulation cannot run under tf.distribute over several replicas: a `ValueError` that says
+    so (the CLI prints it as one line, exit 2) before anything is trained or written, not an error from inside the
+    first step."""
+    args = [sys.executable, os.path.join(HERE, "workers", "train_worker.py"), tiny_data, str(tmp_path / "run"),
+            str(tmp_path / "result.json"), "mirrored", "--cpus", "2", "--accumulate", "2"]
+    process = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 1, process.stdout + process.stderr
+    assert ("ValueError: accumulate=2 (--accumulate) cannot train under MirroredStrategy over 2 replicas"
+            in process.stderr), process.stderr
+    assert "merge_call" not in process.stderr and not (tmp_path / "run" / "run.json").exists()
+
+
+@pytest.mark.slow
+def test_learns_with_gradient_accumulation(tmp_path):
+    """The learning test's recipe with half the batch and `accumulate=2` (the same updates' batch of 16) learns."""
+    from tests.test_case import MOTION_RECIPE
+
+    data = make_synthetic_dataset(str(tmp_path / "syn"), classes=4, videos_per_class=64, seed=0)
+    result = train(TrainConfig(data=data, out=str(tmp_path / "run"), **dict(MOTION_RECIPE, batch_size=8,
+                                                                           accumulate=2)))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (run["batch_size"], run["effective_batch"]) == (8, 16)
+    assert result["report"]["video_top1"] >= 1.6 / 4, result["report"]
+
+
 @pytest.mark.slow
 def test_video_accuracy_equals_the_clip_average_by_hand(tiny_data, tmp_path):
     result = train(_tiny_config(tiny_data, tmp_path / "run"))

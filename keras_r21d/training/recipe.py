@@ -15,13 +15,20 @@ def scaled_learning_rate(global_batch_size, base_lr=BASE_LR, base_batch=BASE_BAT
 
 
 def make_optimizer(learning_rate, steps_per_epoch, epochs, warmup_epochs=0, schedule="step", decay_epochs=10,
-                   momentum=0.9, nesterov=True, weight_decay=1e-4):
+                   momentum=0.9, nesterov=True, weight_decay=1e-4, accumulate=1):
     """SGD with (Nesterov) momentum and weight decay on a `WarmupSchedule`.
 
     Weight decay is Keras' decoupled form and skips BatchNorm parameters and biases.
+    `steps_per_epoch` counts updates. With `accumulate=N` (N >= 2) the
+    optimizer sums the gradients of N batches and updates once with their
+    mean (Keras' `gradient_accumulation_steps`): the update of one batch N
+    times larger, whose learning rate `learning_rate` should be.
     """
+    if int(accumulate) != accumulate or accumulate < 1:
+        raise ValueError(f"`accumulate` must be an integer >= 1. Received: accumulate={accumulate!r}")
     lr = WarmupSchedule(learning_rate, steps_per_epoch, epochs, warmup_epochs, schedule, decay_epochs)
-    optimizer = keras.optimizers.SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay or None)
+    optimizer = keras.optimizers.SGD(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay or None,
+                                     gradient_accumulation_steps=int(accumulate) if accumulate > 1 else None)
     if weight_decay:
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer

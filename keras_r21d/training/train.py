@@ -84,6 +84,15 @@ class TrainConfig:
     `arch`, `depth`, `width_multiplier` and `dropout` come from the source
     (`arch` and `depth` name the network of a preset).
 
+    `accumulate=N` (N >= 2) sums the gradients of N batches before each
+    update (gradient accumulation): the update is that of one batch of
+    `N * batch_size` clips, which the learning rate's linear scaling and
+    `run.json`'s `effective_batch` use, in the memory of `batch_size` clips.
+    BatchNorm still normalizes each batch of `batch_size` clips on its own
+    (its statistics are not accumulated). An epoch is rounded up to whole
+    updates. Under `tf.distribute` over several replicas Keras' accumulation
+    does not run, and `train` refuses it; JAX's `data_parallel` runs it.
+
     `data_service` (`HOST:PORT` of a tf.data service dispatcher) sends the
     input pipeline to the service's workers; it needs frame shards
     (`data="shards:DIR"`, written by `keras-r21d prepare`). When no batch
@@ -99,6 +108,7 @@ class TrainConfig:
     frames: int = 16
     size: int = 112
     batch_size: int = 8
+    accumulate: int = 1
     epochs: int = None
     lr: float = None
     schedule: str = "step"
@@ -144,7 +154,8 @@ class TrainConfig:
         if not self.init and (self.freeze_backbone_epochs or self.trainable_from or self.finetune_lr):
             raise ValueError("freeze_backbone_epochs, trainable_from and finetune_lr need `init` "
                              "(--init MODEL.keras | RUN_DIR | PRESET)")
-        for name in ("frames", "size", "batch_size", "epochs", "val_freq", "test_clips", "frame_stride"):
+        for name in ("frames", "size", "batch_size", "accumulate", "epochs", "val_freq", "test_clips",
+                     "frame_stride"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)!r}")
         if self.freeze_backbone_epochs and not 0 <= int(self.freeze_backbone_epochs) < int(self.epochs):
@@ -219,8 +230,11 @@ def _phases(config, global_batch):
 
 
 def _compile(model, config, lr, steps_per_epoch, epochs):
-    optimizer = make_optimizer(lr, steps_per_epoch, epochs, config.warmup_epochs, config.schedule,
-                               config.decay_epochs, config.momentum, config.nesterov, config.weight_decay)
+    """Compiles with the recipe's optimizer; `steps_per_epoch` counts batches, `steps_per_epoch / accumulate`
+    updates."""
+    optimizer = make_optimizer(lr, steps_per_epoch // config.accumulate, epochs, config.warmup_epochs,
+                               config.schedule, config.decay_epochs, config.momentum, config.nesterov,
+                               config.weight_decay, accumulate=config.accumulate)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=config.jit_compile)
 
@@ -400,8 +414,15 @@ def train(config=None, callbacks=None, **kwargs):
             raise ValueError(f"the global batch of {batch_size} clips does not split evenly over the "
                              f"{strategy.num_replicas_in_sync} devices of strategy 'data_parallel': choose a batch "
                              f"size that is a multiple of {strategy.num_replicas_in_sync}")
-        steps_per_epoch = math.ceil(len(train_set) / batch_size)
-        phases = _phases(config, batch_size)
+        if config.accumulate > 1 and not isinstance(strategy, DataParallel) and strategy.num_replicas_in_sync > 1:
+            raise ValueError(
+                f"accumulate={config.accumulate} (--accumulate) cannot train under {type(strategy).__name__} over "
+                f"{strategy.num_replicas_in_sync} replicas: Keras' gradient accumulation synchronizes the replicas "
+                "inside a conditional, which tf.distribute does not support. Train on one device (--strategy "
+                "default), or on JAX devices with --strategy data_parallel")
+        # Whole updates per epoch: the batches of one pass, rounded up to a multiple of `accumulate`.
+        steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / config.accumulate) * config.accumulate
+        phases = _phases(config, batch_size * config.accumulate)
         starts = [0] + [end for end, _, _ in phases[:-1]]
         previous = read_run_record(run_dir) if resume and chief else None
         trained_on = (previous or {}).get("backend", "tensorflow")  # runs before 0.2 record none: TensorFlow
@@ -445,7 +466,9 @@ def train(config=None, callbacks=None, **kwargs):
             now = {"config": dataclasses.asdict(config), "versions": versions(), "status": "running",
                    "backend": backend(), "devices": devices(), "dtype_policy": keras.config.dtype_policy().name,
                    "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
-                   "batch_size": batch_size, "train_videos": len(train_set), "val_videos": len(val_set),
+                   "batch_size": batch_size, "accumulate": config.accumulate,
+                   "effective_batch": batch_size * config.accumulate, "steps_per_epoch": steps_per_epoch,
+                   "train_videos": len(train_set), "val_videos": len(val_set),
                    "split": split, "val_overlaps_train": overlap, **facts,
                    "phases": [{"start_epoch": start, "end_epoch": end, "trainable_from": stage, "learning_rate": lr}
                               for start, (end, stage, lr) in zip(starts, phases)]}
@@ -461,6 +484,10 @@ def train(config=None, callbacks=None, **kwargs):
                 record["resumed_from_epoch"] = initial_epoch
                 record.setdefault("resumes", []).append({"from_epoch": initial_epoch, "versions": now["versions"]})
             _write_record(run_dir, record)
+        if config.accumulate > 1:
+            logger.info("gradient accumulation: %d batches of %d clips per update (effective batch %d), %d updates "
+                        "per epoch", config.accumulate, batch_size, batch_size * config.accumulate,
+                        steps_per_epoch // config.accumulate)
         if config.autotune_lowering:  # after run.json: the folder is a run, whatever happens from here
             _autotune_lowering(model, run_dir if chief else None, batch_size // strategy.num_replicas_in_sync,
                                tuple(train_ds.element_spec[0].shape[1:]))

@@ -1,6 +1,7 @@
 """A training process for the distributed tests: trains, then writes a digest of its weights.
 
     python train_worker.py DATA OUT RESULT_JSON STRATEGY [--fail-at-batch N] [--cpus N] [--data-service HOST:PORT]
+        [--accumulate N]
 """
 
 import argparse
@@ -20,6 +21,7 @@ def main():
     parser.add_argument("--fail-at-batch", type=int, default=None)
     parser.add_argument("--cpus", type=int, default=1)
     parser.add_argument("--data-service", default=None)
+    parser.add_argument("--accumulate", type=int, default=1)
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -39,7 +41,7 @@ def main():
 
     config = TrainConfig(data=args.data, out=args.out, arch="r2plus1d", depth=10, frames=4, size=32, batch_size=4,
                          epochs=2, width_multiplier=0.125, test_clips=2, strategy=args.strategy, tensorboard=False,
-                         collective_timeout=30.0, data_service=args.data_service)
+                         collective_timeout=30.0, data_service=args.data_service, accumulate=args.accumulate)
     result = run_or_exit(train, config, callbacks=[FailAt()] if args.fail_at_batch else None)
     digest = hashlib.sha256()
     # Trainable weights are all-reduced; BatchNorm moving statistics are each
