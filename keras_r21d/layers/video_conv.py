@@ -350,10 +350,10 @@ def _padded_conv(x, kernel, strides, pad):
     before needs for its own gradient): 200-420 MB of an R(2+1)D-18
     training step's peak at batch 8, whose downsampling convolutions are
     strided and padded (BENCHMARKS.md). Here the backward pass pads `x`
-    again, one `Pad` more per conv, and the step ran 10% faster. The forward ops are the same `Pad` and
-    convolution, so oneDNN still fuses them (`_MklNativePadWithConv2D`);
-    a convolution with explicit paddings instead leaves that kernel, 3x
-    slower in bfloat16.
+    again, one `Pad` more per conv (and the step ran 10% faster). The
+    forward ops are the same `Pad` and convolution, so oneDNN still fuses
+    them (`_MklNativePadWithConv2D`); a convolution with explicit paddings
+    instead leaves that kernel, 3x slower in bfloat16.
     """
     import tensorflow as tf
 

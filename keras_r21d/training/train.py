@@ -108,7 +108,6 @@ class TrainConfig:
     frames: int = 16
     size: int = 112
     batch_size: int = 8
-    accumulate: int = 1
     epochs: int = None
     lr: float = None
     schedule: str = "step"
@@ -142,6 +141,7 @@ class TrainConfig:
     trainable_from: str = None
     data_service: str = None
     data_service_timeout: float = STALL_TIMEOUT
+    accumulate: int = 1
 
     def __post_init__(self):
         if self.arch not in VARIANTS:
@@ -294,7 +294,8 @@ def _effective_batch(config, num_videos):
     if config.batch_size <= num_videos:
         return config.batch_size
     warnings.warn(f"batch size {config.batch_size} exceeds the {num_videos} training videos: training with "
-                  f"batches of {num_videos}, the learning rate scaled for {num_videos}", UserWarning, stacklevel=3)
+                  f"batches of {num_videos}, the learning rate scaled for {num_videos * config.accumulate}",
+                  UserWarning, stacklevel=3)
     return num_videos
 
 
