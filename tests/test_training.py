@@ -119,7 +119,7 @@ def test_accumulated_gradients_update_as_one_big_batch():
 
 
 def test_accumulate_scales_the_learning_rate_and_counts_updates(tiny_data, tmp_path, monkeypatch):
-    """`train(accumulate=2)`: the learning rate scales with the effective batch, an epoch is whole updates, and
+    """`train(accumulate=4)`: the learning rate scales with the effective batch, an epoch is whole updates, and
     run.json records both batches; `--accumulate` reaches the config."""
     from keras_r21d import cli
     from keras_r21d.training import scaled_learning_rate

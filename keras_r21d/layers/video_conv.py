@@ -197,9 +197,10 @@ class VideoConv(keras.layers.Layer):
         return all(s == 1 and k % 2 == 1 and p == k // 2 for k, s, p in zip(kernel, strides, pad))
 
     def _conv3d(self, x, training):
-        return self._bias_activation(self._conv_only(x, self.kernel, self.strides, self.padding, training))
+        return self._conv(x, self.kernel, self.strides, self.padding, training)
 
-    def _conv2d(self, x, kernel, strides, pad, training):
+    def _conv(self, x, kernel, strides, pad, training):
+        """`_conv_only`, then the bias and activation."""
         return self._bias_activation(self._conv_only(x, kernel, strides, pad, training))
 
     def _spatial(self, x, training):
@@ -223,7 +224,7 @@ class VideoConv(keras.layers.Layer):
         shape = ops.shape(x)
         frames = ops.reshape(x, (-1, shape[2], shape[3], shape[4]))
         kernel = ops.reshape(self.kernel, (h, w, shape[4], self.filters))
-        y = self._conv2d(frames, kernel, (sh, sw), (ph, pw), training)
+        y = self._conv(frames, kernel, (sh, sw), (ph, pw), training)
         yshape = ops.shape(y)
         return ops.reshape(y, (-1, shape[1], yshape[1], yshape[2], self.filters))
 
@@ -238,7 +239,7 @@ class VideoConv(keras.layers.Layer):
         shape = ops.shape(x)
         tubes = ops.reshape(x, (-1, shape[1], shape[2] * shape[3], shape[4]))
         kernel = ops.reshape(self.kernel, (t, 1, shape[4], self.filters))
-        y = self._conv2d(tubes, kernel, (st, 1), (pt, 0), training)
+        y = self._conv(tubes, kernel, (st, 1), (pt, 0), training)
         return ops.reshape(y, (-1, ops.shape(y)[1], shape[2], shape[3], self.filters))
 
     @staticmethod
@@ -279,7 +280,7 @@ class VideoConv(keras.layers.Layer):
         sshape = ops.shape(stacked)
         frames = ops.reshape(stacked, (-1, shape[2], shape[3], t * shape[4]))
         kernel = ops.reshape(ops.transpose(self.kernel, (1, 2, 0, 3, 4)), (h, w, t * shape[4], self.filters))
-        y = self._conv2d(frames, kernel, (sh, sw), (ph, pw), training)
+        y = self._conv(frames, kernel, (sh, sw), (ph, pw), training)
         yshape = ops.shape(y)
         return ops.reshape(y, (-1, sshape[1], yshape[1], yshape[2], self.filters))
 

@@ -423,7 +423,8 @@ def train(config=None, callbacks=None, **kwargs):
                 "default), or on JAX devices with --strategy data_parallel")
         # Whole updates per epoch: the batches of one pass, rounded up to a multiple of `accumulate`.
         steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch_size) / config.accumulate) * config.accumulate
-        phases = _phases(config, batch_size * config.accumulate)
+        effective_batch = batch_size * config.accumulate  # the clips of one update: what the learning rate scales with
+        phases = _phases(config, effective_batch)
         starts = [0] + [end for end, _, _ in phases[:-1]]
         previous = read_run_record(run_dir) if resume and chief else None
         trained_on = (previous or {}).get("backend", "tensorflow")  # runs before 0.2 record none: TensorFlow
@@ -468,7 +469,7 @@ def train(config=None, callbacks=None, **kwargs):
                    "backend": backend(), "devices": devices(), "dtype_policy": keras.config.dtype_policy().name,
                    "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
                    "batch_size": batch_size, "accumulate": config.accumulate,
-                   "effective_batch": batch_size * config.accumulate, "steps_per_epoch": steps_per_epoch,
+                   "effective_batch": effective_batch, "steps_per_epoch": steps_per_epoch,
                    "train_videos": len(train_set), "val_videos": len(val_set),
                    "split": split, "val_overlaps_train": overlap, **facts,
                    "phases": [{"start_epoch": start, "end_epoch": end, "trainable_from": stage, "learning_rate": lr}
@@ -487,7 +488,7 @@ def train(config=None, callbacks=None, **kwargs):
             _write_record(run_dir, record)
         if config.accumulate > 1:
             logger.info("gradient accumulation: %d batches of %d clips per update (effective batch %d), %d updates "
-                        "per epoch", config.accumulate, batch_size, batch_size * config.accumulate,
+                        "per epoch", config.accumulate, batch_size, effective_batch,
                         steps_per_epoch // config.accumulate)
         if config.autotune_lowering:  # after run.json: the folder is a run, whatever happens from here
             _autotune_lowering(model, run_dir if chief else None, batch_size // strategy.num_replicas_in_sync,
