@@ -12,6 +12,8 @@ STRATEGIES = ("auto", "default", "mirrored", "multiworker", "one_device", "data_
 # = keras_r21d.layers.video_conv.IMPLEMENTATIONS, spelled here so that `--help` imports no Keras (a test compares).
 IMPLEMENTATIONS = ("auto", "conv2d", "conv3d", "shifted")
 
+CROPS_HELP = ("1: the center crop (the paper's protocol); 3: three crops along the frames' long side "
+              "(MMAction2's and PySlowFast's ThreeCrop), each clip's softmaxes averaged with the rest")
 MAX_PIXELS_HELP = ("refuse videos whose test-clip frames, at the size they are decoded at (the pre-crop size), "
                    "exceed N pixels (clip frames x height x width; default 2^30)")
 # Exit codes: 0 success, 1 some inputs failed (bad videos: predict, check-videos), 2 usage or input error,
@@ -303,6 +305,7 @@ def cmd_train(args):
         decay_epochs=args.decay_epochs, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
         momentum=args.momentum, nesterov=not args.no_nesterov, width_multiplier=args.width_multiplier,
         dropout=args.dropout, val_data=args.val_data, val_freq=args.val_freq, test_clips=args.test_clips,
+        test_crops=args.test_crops,
         frame_stride=args.frame_stride, flip=not args.no_flip, strategy=args.strategy,
         mixed_precision=args.mixed_precision, jit_compile=args.xla, implementation=args.implementation,
         autotune_lowering=args.autotune_lowering, seed=args.seed, max_train_videos=args.max_train_videos,
@@ -324,7 +327,9 @@ def cmd_train(args):
 def _print_report(report):
     print(f"Clip@1 {100 * report['clip_top1']:.2f}  Clip@5 {100 * report['clip_top5']:.2f}  "
           f"Video@1 {100 * report['video_top1']:.2f}  Video@5 {100 * report['video_top5']:.2f}  "
-          f"({report['videos']} videos, {report['clips']} clips, {report['clips_per_video']:.0f} per video)")
+          f"({report['videos']} videos, {report['clips']} clips, "
+          f"{report['protocol'] if report.get('crops', 1) > 1 else format(report['clips_per_video'], '.0f')} "
+          "per video)")
     for name, accuracy in report["per_class_video_top1"].items():
         print(f"  {name:30s} {'-' if accuracy is None else f'{100 * accuracy:.1f}'}")
     if report.get("skipped_videos"):
@@ -336,7 +341,7 @@ def cmd_evaluate(args):
 
     report = evaluate(args.model, args.data, clips=args.clips, frames=args.frames, size=args.size,
                       batch_size=args.batch_size, out_dir=args.out, data_service=args.data_service,
-                      data_service_timeout=args.data_service_timeout)
+                      data_service_timeout=args.data_service_timeout, crops=args.crops)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -376,7 +381,7 @@ def cmd_export(args):
 
     model = load_model(args.model)
     record = run_record(args.model) or {}
-    config = test_clip_config(model, record, args.clips, args.frames, args.size)
+    config = test_clip_config(model, record, args.clips, args.frames, args.size, args.crops)
     class_names = record.get("class_names")
     if args.format == "savedmodel":
         if args.quantization or args.calibration_data:
@@ -417,7 +422,7 @@ def cmd_predict(args):
     from keras_r21d.data.video import VideoDecodeError
     from keras_r21d.inference import load_predictor
 
-    predictor = load_predictor(args.model, clips=args.clips, max_pixels=args.max_pixels)
+    predictor = load_predictor(args.model, clips=args.clips, max_pixels=args.max_pixels, crops=args.crops)
     results, failed = [], 0
     for video in args.videos:
         try:
@@ -442,7 +447,7 @@ def cmd_extract(args):
     from keras_r21d.data.shards import ShardDataset
     from keras_r21d.inference import extract_features, load_predictor
 
-    predictor = load_predictor(args.model, clips=args.clips, max_pixels=args.max_pixels)
+    predictor = load_predictor(args.model, clips=args.clips, max_pixels=args.max_pixels, crops=args.crops)
     subsets = ["train", "test"] if args.subset == "all" else [args.subset]
     datasets = [load_dataset(args.data, subset) for subset in subsets]
     if isinstance(datasets[0], ShardDataset):  # each split is read from its own shards; a video in both, once
@@ -531,7 +536,8 @@ def cmd_tune(args):
         width_multipliers=args.widths, lr=args.lr_range, weight_decay=args.wd_range,
         warmup_epochs=args.warmup_choices).items() if v is not None}, fixed=fixed)
     settings = dict(size=args.size, batch_size=args.batch_size, frame_stride=args.frame_stride,
-                    flip=not args.no_flip, test_clips=args.test_clips, strategy=args.strategy)
+                    flip=not args.no_flip, test_clips=args.test_clips, test_crops=args.test_crops,
+                    strategy=args.strategy)
     for name in ("val_data", "max_train_videos", "data_service"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
@@ -679,6 +685,8 @@ def build_parser():
                                       "without a split hold out 20%% of each class, see :holdout=)")
     p.add_argument("--val-freq", type=POSITIVE, default=1, help="compute Video@1 every N epochs")
     p.add_argument("--test-clips", type=POSITIVE, default=10, help="clips per video for Video@1")
+    p.add_argument("--test-crops", type=int, choices=[1, 3], default=1,
+                   help="crops per clip for Video@1: " + CROPS_HELP)
     p.add_argument("--frame-stride", type=POSITIVE, default=1, help="take every N-th frame")
     p.add_argument("--no-flip", action="store_true",
                    help="no horizontal flips (needed when left/right is the label, as in make-synthetic data)")
@@ -716,6 +724,7 @@ def build_parser():
     p.add_argument("--model", required=True, help="a .keras file")
     p.add_argument("--data", required=True, help="dataset spec")
     p.add_argument("--clips", type=POSITIVE, default=10, help="uniform clips per video (default 10)")
+    p.add_argument("--crops", type=int, choices=[1, 3], default=1, help=CROPS_HELP)
     p.add_argument("--frames", type=POSITIVE, default=None, help="clip length (default: the model's or its run's)")
     p.add_argument("--size", type=POSITIVE, default=None, help="crop size (default: the model's or its run's)")
     p.add_argument("--batch-size", type=POSITIVE, default=8)
@@ -734,6 +743,8 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
     p.add_argument("--model-name", default="model", help="TF Serving --model_name for the warm-up requests")
     p.add_argument("--clips", type=POSITIVE, default=10, help="classify_video: uniform clips per video (default 10)")
+    p.add_argument("--crops", type=int, choices=[1, 3], default=1,
+                   help="classify_video: spatial views per clip (default 1); " + CROPS_HELP)
     p.add_argument("--frames", type=POSITIVE, default=None, help="clip length (default: the model's or its run's)")
     p.add_argument("--size", type=POSITIVE, default=None, help="crop size (default: the model's or its run's)")
     p.add_argument("--top-k", type=POSITIVE, default=5)
@@ -754,6 +765,8 @@ def build_parser():
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--top", type=POSITIVE, default=5, help="classes to print per video (default 5)")
     p.add_argument("--clips", type=POSITIVE, default=None, help="uniform clips per video (default: the model's, 10)")
+    p.add_argument("--crops", type=int, choices=[1, 3], default=None,
+                   help="spatial views per clip (default: the export's, else 1); " + CROPS_HELP)
     p.add_argument("--max-pixels", type=POSITIVE, default=None, metavar="N", help=MAX_PIXELS_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
@@ -764,6 +777,8 @@ def build_parser():
     p.add_argument("--out", required=True, help="output directory (mirrors the video paths)")
     p.add_argument("--subset", choices=["train", "test", "all"], default="all")
     p.add_argument("--clips", type=POSITIVE, default=None, help="uniform clips per video (default 10)")
+    p.add_argument("--crops", type=int, choices=[1, 3], default=None,
+                   help="spatial views per clip (default: the export's, else 1); " + CROPS_HELP)
     p.add_argument("--max-pixels", type=POSITIVE, default=None, metavar="N", help=MAX_PIXELS_HELP)
     p.set_defaults(func=cmd_extract)
 
@@ -811,6 +826,7 @@ def build_parser():
     g.add_argument("--resize-to", help="WIDTHxHEIGHT before cropping (default 128/112 of --size)")
     g.add_argument("--no-flip", action="store_true")
     g.add_argument("--test-clips", type=POSITIVE, default=10)
+    g.add_argument("--test-crops", type=int, choices=[1, 3], default=1, help="crops per test clip: " + CROPS_HELP)
     g.add_argument("--val-data")
     g.add_argument("--max-train-videos", type=POSITIVE)
     g.add_argument("--data-service", metavar="HOST:PORT", help=DATA_SERVICE_HELP)

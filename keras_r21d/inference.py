@@ -23,14 +23,17 @@ from keras_r21d.data.video import MAX_DECODE_PIXELS
 from keras_r21d.training.backend import model_function
 
 
-def _clip_config(values, clips=None):
-    """A `ClipConfig` from an export's recorded dict (tuples restored)."""
+def _clip_config(values, clips=None, crops=None):
+    """A `ClipConfig` from an export's recorded dict (tuples restored; `test_crops` 1 where an older export has
+    none)."""
     values = dict(values)
     for key in ("resize", "mean", "std", "scale_jitter", "decode_size"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
     if clips:
         values["test_clips"] = int(clips)
+    if crops:
+        values["test_crops"] = int(crops)
     return ClipConfig(**values)
 
 
@@ -93,7 +96,7 @@ class Predictor:
                 "probabilities": probabilities.tolist()}
 
     def clip_features(self, video):
-        """Pooled backbone features of the video's test clips: `(test_clips, D)`."""
+        """Pooled backbone features of the video's test views: `(test_clips x test_crops, D)`."""
         return self.features(self._clips(video))
 
     def features(self, clips):
@@ -101,19 +104,20 @@ class Predictor:
         raise ValueError(f"{self.path}: a {self.kind} model has no feature output; use a .keras file or a SavedModel")
 
     def _clips(self, video):
-        return self.config.preprocessor(read_test_clips(video, self.config))
+        return self.config.preprocessor.views(read_test_clips(video, self.config), self.config.test_crops)
 
 
 class KerasPredictor(Predictor):
     kind = "keras"
 
-    def __init__(self, path, clips=None, frames=None, size=None, max_pixels=MAX_DECODE_PIXELS):
+    def __init__(self, path, clips=None, frames=None, size=None, max_pixels=MAX_DECODE_PIXELS, crops=None):
         from keras_r21d.export.graph import feature_model, folded, pooling_layer_name, probabilities_fn
         from keras_r21d.training.evaluation import load_model, run_record, test_clip_config
 
         model = load_model(path)
         record = run_record(path) or {}
-        config = dataclasses.replace(test_clip_config(model, record, clips or 10, frames, size), max_pixels=max_pixels)
+        config = dataclasses.replace(test_clip_config(model, record, clips or 10, frames, size, crops or 1),
+                                     max_pixels=max_pixels)
         names = record.get("class_names") or [f"class_{i}" for i in range(model.output_shape[-1])]
         super().__init__(path, config, names)
         try:
@@ -141,7 +145,7 @@ class KerasPredictor(Predictor):
 class SavedModelPredictor(Predictor):
     kind = "saved_model"
 
-    def __init__(self, path, clips=None, max_pixels=MAX_DECODE_PIXELS):
+    def __init__(self, path, clips=None, max_pixels=MAX_DECODE_PIXELS, crops=None):
         from keras_r21d.export.saved_model import load_metadata
 
         directory = _saved_model_dir(path)
@@ -149,6 +153,10 @@ class SavedModelPredictor(Predictor):
         if clips and metadata and clips != metadata["clip_config"]["test_clips"]:
             raise ValueError(f"{path}: the export samples {metadata['clip_config']['test_clips']} clips per video; "
                              "re-export with another --clips to change it")
+        exported_crops = int(metadata["clip_config"].get("test_crops", 1)) if metadata else 1
+        if crops and crops != exported_crops:
+            raise ValueError(f"{path}: the export takes {exported_crops} crop(s) per clip; re-export with --crops "
+                             f"{crops} to change it")
         self.loaded = tf.saved_model.load(directory)
         missing = {"classify_video", "extract_features"} - set(self.loaded.signatures)
         if missing:
@@ -170,7 +178,7 @@ class SavedModelPredictor(Predictor):
 class TFLitePredictor(Predictor):
     kind = "tflite"
 
-    def __init__(self, path, clips=None, num_threads=None, max_pixels=MAX_DECODE_PIXELS):
+    def __init__(self, path, clips=None, num_threads=None, max_pixels=MAX_DECODE_PIXELS, crops=None):
         from keras_r21d.export.tflite import interpreter, load_report
 
         report = load_report(path)
@@ -178,10 +186,10 @@ class TFLitePredictor(Predictor):
         shape = self.runner.get_input_details()[0]["shape"]
         classes = int(self.runner.get_output_details()[0]["shape"][-1])
         if report.get("clip_config"):
-            config = _clip_config(report["clip_config"], clips)
+            config = _clip_config(report["clip_config"], clips, crops)
         else:
             config = ClipConfig(clip_len=int(shape[1]), crop=int(shape[2]), resize=transforms.resize_for_crop(
-                int(shape[2])), test_clips=clips or 10)
+                int(shape[2])), test_clips=clips or 10, test_crops=crops or 1)
         config = dataclasses.replace(config, max_pixels=max_pixels)
         super().__init__(path, config, report.get("class_names") or [f"class_{i}" for i in range(classes)])
 
@@ -191,8 +199,13 @@ class TFLitePredictor(Predictor):
         return run_tflite(self.runner, clips.numpy())
 
 
-def load_predictor(path, clips=None, frames=None, size=None, max_pixels=None):
+def load_predictor(path, clips=None, frames=None, size=None, max_pixels=None, crops=None):
     """A `Predictor` for a `.keras` file, a SavedModel (or TF Serving base) directory or a `.tflite` file.
+
+    `clips` uniform clips per video (default the export's, else 10), `crops`
+    spatial views of each (1 or 3; default the export's, else 1): their
+    softmaxes are averaged. A SavedModel's `classify_video` samples what it
+    was exported with: another `clips` or `crops` raises `ValueError`.
 
     `.keras` files load with Keras' `safe_mode` on. SavedModels are programs:
     load only those you trust.
@@ -206,18 +219,18 @@ def load_predictor(path, clips=None, frames=None, size=None, max_pixels=None):
     """
     limit = MAX_DECODE_PIXELS if max_pixels is None else max_pixels
     if os.path.isdir(path):
-        return SavedModelPredictor(path, clips, max_pixels=limit)
+        return SavedModelPredictor(path, clips, max_pixels=limit, crops=crops)
     if not os.path.isfile(path):
         raise ValueError(f"model not found: {path}")
     if path.endswith(".tflite"):
-        return TFLitePredictor(path, clips, max_pixels=limit)
+        return TFLitePredictor(path, clips, max_pixels=limit, crops=crops)
     if path.endswith(".keras"):
-        return KerasPredictor(path, clips, frames, size, max_pixels=limit)
+        return KerasPredictor(path, clips, frames, size, max_pixels=limit, crops=crops)
     raise ValueError(f"{path}: expected a .keras file, a SavedModel directory or a .tflite file")
 
 
 def extract_features(predictor, dataset, out_dir, progress=None, root=None):
-    """Writes `(test_clips, D)` features of every video to `out_dir/<video path>.npy`.
+    """Writes `(test_clips x test_crops, D)` features of every video to `out_dir/<video path>.npy`.
 
     Paths mirror the videos' paths relative to their common folder (or to
     `root`). Videos
@@ -244,7 +257,7 @@ def extract_features(predictor, dataset, out_dir, progress=None, root=None):
         from keras_r21d.data.pipeline import BadVideoLog, eval_dataset
 
         log = BadVideoLog()
-        clips_per_video = predictor.config.test_clips
+        clips_per_video = predictor.config.test_views
         for clips, _, ids in eval_dataset(dataset, clips_per_video, predictor.config, bad_videos=log):
             save(dataset.paths[int(ids[0])], predictor.features(clips))
         skipped.update(log.failures)  # the videos prepare could not write, and too-short ones under `skip`

@@ -77,6 +77,7 @@ class StudyConfig:
     flip: bool = False
     test_clips: int = 10
     implementation: str = "conv2d"
+    test_crops: int = 1
 
     def __post_init__(self):
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -111,8 +112,8 @@ class StudyConfig:
                            resize_to=self.resize_to, batch_size=self.batch_size, epochs=self.epochs, lr=self.lr,
                            schedule=self.schedule, weight_decay=self.weight_decay, nesterov=self.nesterov,
                            width_multiplier=self.width_multiplier, frame_stride=self.frame_stride, flip=self.flip,
-                           test_clips=self.test_clips, val_freq=self.epochs, seed=seed, tensorboard=False,
-                           implementation=self.implementation)
+                           test_clips=self.test_clips, test_crops=self.test_crops, val_freq=self.epochs, seed=seed,
+                           tensorboard=False, implementation=self.implementation)
 
     def planned_runs(self):
         """`[(arch, depth, frames, seed)]`: every training the study needs, without repeats."""
@@ -153,7 +154,9 @@ def _train_or_reuse(config, key, runs_dir, log):
         with open(record_path) as f:
             record = json.load(f)
         wanted = json.loads(json.dumps(dataclasses.asdict(train_config)))
-        differing = sorted(k for k in wanted if k != "out" and record.get("config", {}).get(k) != wanted[k])
+        recorded = record.get("config", {})
+        # A setting newer than the run (no key in its record) was at its default then.
+        differing = sorted(k for k in wanted if k != "out" and k in recorded and recorded[k] != wanted[k])
         if differing:
             raise ValueError(f"{run_dir} was trained with other settings ({', '.join(differing)} differ): "
                              "use another --out for a study with new settings")
@@ -509,6 +512,8 @@ def _table_markdown(config, rows, twins):
 
 def _summary_markdown(config, table, findings, twins, chance, test_set, command, seconds, grid, lengths,
                       train_minutes, trainings):
+    from keras_r21d.data.pipeline import view_protocol
+
     seeds = len(config.seeds)
     lines = [
         "# The paper's study at small scale",
@@ -524,7 +529,8 @@ def _summary_markdown(config, table, findings, twins, chance, test_set, command,
         f"Networks: depth {config.depth}, width x{config.width_multiplier:g}, {config.size}x{config.size} crops, "
         f"frame stride {config.frame_stride}; {config.epochs} epoch(s), batch {config.batch_size}, "
         f"lr {_lr_text(config)} ({config.schedule}), "
-        f"weight decay {config.weight_decay:g}; {config.test_clips} clips per test video.",
+        f"weight decay {config.weight_decay:g}; {view_protocol(config.test_clips, config.test_crops)} per test "
+        "video.",
         "",
         f"## Table 2 at this scale (mean ± sd over {seeds} seed{'s' if seeds > 1 else ''}, %)",
         "",
@@ -571,7 +577,7 @@ def study_command(config):
              "curve_depths": "--curve-depths", "clip_lengths": "--clip-lengths", "epochs": "--epochs",
              "batch_size": "--batch-size", "size": "--size", "width_multiplier": "--width-multiplier",
              "lr": "--lr", "weight_decay": "--weight-decay", "frame_stride": "--frame-stride",
-             "test_clips": "--test-clips"}
+             "test_clips": "--test-clips", "test_crops": "--test-crops"}
     for field, flag in flags.items():
         value, default = getattr(config, field), getattr(defaults, field)
         if value == default or value is None:
@@ -623,13 +629,15 @@ def add_arguments(parser):
     parser.add_argument("--weight-decay", type=float, help=f"weight decay (default {d.weight_decay})")
     parser.add_argument("--frame-stride", type=int, help=f"frame stride (default {d.frame_stride})")
     parser.add_argument("--test-clips", type=int, help=f"clips per test video (default {d.test_clips})")
+    parser.add_argument("--test-crops", type=int, choices=[1, 3],
+                        help=f"crops per test clip: 1 (the center) or 3 along the long side (default {d.test_crops})")
 
 
 def config_from_args(args):
     """A `StudyConfig` from parsed `add_arguments` options."""
     overrides = {"out": args.out}
     for name in ("videos_per_class", "depth", "epochs", "batch_size", "size", "width_multiplier", "lr",
-                 "weight_decay", "frame_stride", "test_clips", "data"):
+                 "weight_decay", "frame_stride", "test_clips", "test_crops", "data"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     for name in ("frames", "seeds", "curve_depths", "clip_lengths"):

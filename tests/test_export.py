@@ -153,6 +153,32 @@ def test_classify_video_equals_the_evaluator(model, loaded, videos, which, tmp_p
     assert served["top_k_classes"].numpy()[0].decode() == CLASSES[int(video_probs[0].argmax())]
 
 
+def test_a_three_crop_export_classifies_as_the_three_crop_evaluator(model, videos, tmp_path):
+    """`clip_config.test_crops=3` at export: `classify_video` averages the evaluator's 4 clips x 3 crops, the
+    export records it, and the predictor follows the export (another crop count is refused by name)."""
+    import dataclasses
+
+    from keras_r21d.inference import load_predictor
+
+    config = dataclasses.replace(CONFIG, test_crops=3)
+    report = export_saved_model(model, str(tmp_path / "serving"), class_names=CLASSES, clip_config=config)
+    assert report["clip_config"]["test_crops"] == 3
+    dataset = VideoDataset("one", [videos["long"]], [0], CLASSES)
+    evaluate_model(model, dataset, config, batch_size=4, out_dir=str(tmp_path / "eval"))
+    saved = np.load(tmp_path / "eval" / "clip_predictions.npz")
+    served = tf.saved_model.load(report["path"]).signatures["classify_video"](
+        frames=tf.constant(read_video(videos["long"])))
+    assert served["clip_probabilities"].shape == (12, len(CLASSES))
+    assert np.abs(served["clip_probabilities"].numpy() - saved["probabilities"]).max() <= 1e-5
+    assert np.abs(served["probabilities"].numpy() - saved["probabilities"].mean(0)).max() <= 1e-5
+    predictor = load_predictor(report["path"])
+    assert predictor.config.test_crops == 3
+    np.testing.assert_allclose(predictor.classify(videos["long"])["probabilities"], saved["probabilities"].mean(0),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="3 crop"):
+        load_predictor(report["path"], crops=1)
+
+
 def test_extract_features_are_the_pooled_backbone(model, loaded):
     clips = _clips(2, seed=3)
     expected = feature_model(model)(clips, training=False).numpy()

@@ -82,10 +82,12 @@ def test_prepare_accounts_for_every_video(prepared):
         assert shards.class_names == source.class_names
 
 
-def test_shard_clips_match_the_video_pipeline(prepared):
-    """The same test clips (frames, labels, videos) as decoding the videos, to JPEG's error."""
+@pytest.mark.parametrize("crops", [1, 3])
+def test_shard_clips_match_the_video_pipeline(prepared, crops):
+    """The same test clips (frames, labels, videos) as decoding the videos, to JPEG's error; with 3 crops, the
+    same views in the same order."""
     spec, out, _, _ = prepared
-    config = ClipConfig(clip_len=6, resize=SIZE, crop=32, test_clips=3)
+    config = ClipConfig(clip_len=6, resize=SIZE, crop=32, test_clips=3, test_crops=crops)
     source, shards = load_dataset(spec, "train"), load_dataset(f"shards:{out}", "train")
     by_video = {}
     for name, dataset in (("videos", source), ("shards", shards)):
@@ -95,6 +97,7 @@ def test_shard_clips_match_the_video_pipeline(prepared):
     assert sorted(by_video) == sorted(p for p in source.paths if not p.endswith("broken.avi"))
     worst = 0.0
     for pair in by_video.values():
+        assert len(pair["videos"]) == len(pair["shards"]) == 3 * crops
         assert [label for label, _ in pair["videos"]] == [label for label, _ in pair["shards"]]
         a = np.stack([clip for _, clip in pair["videos"]])
         b = np.stack([clip for _, clip in pair["shards"]])

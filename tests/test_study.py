@@ -135,3 +135,29 @@ def test_study_options():
         config_from_args(parser.parse_args(["--motions", "horizontal,sideways"]))
     assert config_from_args(parser.parse_args(["--motions", "rotate, zoom"])).motions == ("rotate", "zoom")
     assert study_command(StudyConfig(out="s", seeds=(0, 1, 2))) == "keras-r21d study --out s --seeds 0,1,2"
+    config = config_from_args(parser.parse_args(["--test-crops", "3", "--test-clips", "4"]))
+    assert (config.test_crops, config.test_clips) == (3, 4)
+    assert config.train_config("r3d", 10, 8, 0, "o").clip_config().protocol == "4 clips x 3 crops"
+    assert study_command(config).endswith("--test-clips 4 --test-crops 3")
+
+
+def test_a_finished_run_from_before_a_new_setting_is_reused(tmp_path):
+    """A run whose run.json predates a TrainConfig field (here `accumulate` and `test_crops`) was trained at
+    that field's default: the study reuses it; a recorded value that differs is still refused."""
+    import dataclasses
+
+    from keras_r21d.study import _train_or_reuse
+
+    config = StudyConfig(data="ucf101:/nowhere", out=str(tmp_path))
+    key = ("r3d", 10, 8, 0)
+    run_dir = tmp_path / "runs" / "r3d_d10_f8_s0"
+    wanted = config.train_config(*key, str(run_dir))
+    recorded = json.loads(json.dumps(dataclasses.asdict(wanted)))
+    del recorded["accumulate"], recorded["test_crops"]
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"config": recorded, "status": "done"}))
+    assert _train_or_reuse(config, key, str(tmp_path / "runs"), lambda _: None)["status"] == "done"
+    recorded["test_clips"] = 3
+    (run_dir / "run.json").write_text(json.dumps({"config": recorded, "status": "done"}))
+    with pytest.raises(ValueError, match="test_clips differ"):
+        _train_or_reuse(config, key, str(tmp_path / "runs"), lambda _: None)

@@ -48,6 +48,10 @@ class ClipConfig:
         max_consecutive_failures: stop with an error after this many bad
             videos in a row.
         mean, std: normalization (RGB, 0..1 scale).
+        test_crops: spatial views per test clip: 1 (the center crop, the
+            paper's protocol) or 3 (along the long side, MMAction2's and
+            PySlowFast's `ThreeCrop`); a video's `test_clips x test_crops`
+            softmaxes are averaged.
     """
 
     clip_len: int = 16
@@ -65,9 +69,12 @@ class ClipConfig:
     max_consecutive_failures: int = 20
     mean: tuple = transforms.MEAN
     std: tuple = transforms.STD
+    test_crops: int = 1
 
     def __post_init__(self):
         sampling.check_policy(self.short_policy)
+        if self.test_crops not in (1, 3):
+            raise ValueError(f"`test_crops` must be 1 or 3. Received: test_crops={self.test_crops!r}")
         for name in ("clip_len", "frame_stride", "test_clips", "max_consecutive_failures"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
@@ -77,6 +84,21 @@ class ClipConfig:
     def preprocessor(self):
         """The `ClipPreprocessor` of these values: what every path (training, evaluation, serving) runs."""
         return ClipPreprocessor.from_clip_config(self)
+
+    @property
+    def test_views(self):
+        """Test views per video: `test_clips x test_crops`."""
+        return self.test_clips * self.test_crops
+
+    @property
+    def protocol(self):
+        """The test protocol in words, as reports print it: "10 clips x 1 crop"."""
+        return view_protocol(self.test_clips, self.test_crops)
+
+
+def view_protocol(clips, crops=1):
+    """`"10 clips x 3 crops"`: how many views of a video are averaged."""
+    return f"{clips} clip{'s' if clips != 1 else ''} x {crops} crop{'s' if crops != 1 else ''}"
 
 
 class TooManyBadVideos(RuntimeError):
@@ -282,9 +304,9 @@ def train_dataset(dataset, batch_size, config=None, shuffle=True, seed=None, det
 
 def eval_dataset(dataset, batch_size, config=None, with_video_id=True, deterministic=True, cache=None,
                  bad_videos=None):
-    """A test `tf.data.Dataset` of uniformly spaced, center-cropped clips.
+    """A test `tf.data.Dataset` of uniformly spaced, center-cropped clips (or `config.test_crops` views each).
 
-    Each video gives `config.test_clips` clips. Elements are
+    Each video gives `config.test_clips x config.test_crops` clips, each clip's views in a row. Elements are
     `(clips, labels, video_ids)` batches (`video_ids` index `dataset.paths`),
     or `(clips, labels)` with `with_video_id=False` (for `model.fit`'s
     validation data, which would read a third entry as sample weights).
@@ -307,10 +329,10 @@ def eval_dataset(dataset, batch_size, config=None, with_video_id=True, determini
     def to_clips(frames, index):
         shape = tf.shape(frames)
         clips = tf.reshape(frames, (config.test_clips, config.clip_len, shape[1], shape[2], 3))
-        clips = preprocessor(clips)
-        clips = tf.ensure_shape(clips, (config.test_clips, config.clip_len, config.crop, config.crop, 3))
-        label = tf.fill((config.test_clips,), tf.gather(labels, index))
-        video = tf.fill((config.test_clips,), tf.cast(index, tf.int32))
+        clips = preprocessor.views(clips, config.test_crops)
+        clips = tf.ensure_shape(clips, (config.test_views, config.clip_len, config.crop, config.crop, 3))
+        label = tf.fill((config.test_views,), tf.gather(labels, index))
+        video = tf.fill((config.test_views,), tf.cast(index, tf.int32))
         if with_video_id:
             return tf.data.Dataset.from_tensor_slices((clips, label, video))
         return tf.data.Dataset.from_tensor_slices((clips, label))

@@ -69,6 +69,16 @@ class ClipPreprocessor:
         seed = tf.convert_to_tensor(seed, tf.int64)
         return transforms.train_geometry(frames, seed, self.resize, self.crop, self.flip, self.scale_jitter)
 
+    def views(self, clips, crops=1):
+        """Test time with `crops` spatial views per clip: `(N, T, H, W, 3)` uint8 clips to `(N * crops, T, crop,
+        crop, 3)` normalized views, each clip's in a row (`transforms.view_offsets`: 3 crops along the long side,
+        MMAction2's and PySlowFast's convention). One view is `__call__`'s center crop, the same values."""
+        return self.normalize(self.view_geometry(clips, crops))
+
+    def view_geometry(self, clips, crops=1):
+        """What `views` does before normalizing (float32, 0..255)."""
+        return transforms.eval_views_geometry(clips, self.resize, self.crop, crops)
+
     def normalize(self, clips):
         """0..255 RGB to the network's input: `(x / 255 - mean) / std`, float32."""
         return transforms.normalize(clips, self.mean, self.std)

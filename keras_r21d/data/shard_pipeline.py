@@ -7,6 +7,8 @@ JPEG-decoded. No `py_function`, `numpy_function` or `from_generator`:
 `service.python_ops(dataset)` lists any, and the tests assert there are none.
 """
 
+from functools import partial
+
 import numpy as np
 
 from keras_r21d._files import sha256_of
@@ -107,12 +109,17 @@ def _decode(data):
     return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
 
 
-def _geometry(preprocessor, frames, dataset, **kwargs):
+def _geometry(preprocessor, frames, dataset, crops=None, **kwargs):
     """The clips' resize, crops and flip: normalized here, or as uint8 when tf.data service sends them (a
-    quarter of float32's bytes; exact when no resize is needed) to be normalized on the trainer (`_finish`)."""
+    quarter of float32's bytes; exact when no resize is needed) to be normalized on the trainer (`_finish`).
+    `crops`: test clips, with that many spatial views each (`ClipPreprocessor.views`)."""
+    if crops is not None:
+        geometry, full = partial(preprocessor.view_geometry, crops=crops), partial(preprocessor.views, crops=crops)
+    else:
+        geometry, full = partial(preprocessor.geometry, **kwargs), partial(preprocessor, **kwargs)
     if dataset.service:
-        return tf.cast(tf.round(preprocessor.geometry(frames, **kwargs)), tf.uint8)
-    return preprocessor(frames, **kwargs)
+        return tf.cast(tf.round(geometry(frames)), tf.uint8)
+    return full(frames)
 
 
 def _finish(ds, dataset, preprocessor, deterministic):
@@ -166,7 +173,8 @@ def train_dataset(dataset, batch_size, config, shuffle=True, seed=None, determin
 
 
 def eval_dataset(dataset, batch_size, config, with_video_id=True, deterministic=True, cache=None, bad_videos=None):
-    """`pipeline.eval_dataset` for a `ShardDataset`: `config.test_clips` uniform clips per video, graph ops only."""
+    """`pipeline.eval_dataset` for a `ShardDataset`: `config.test_clips` uniform clips per video (`test_crops`
+    views each), graph ops only."""
     keep = _note_unusable(dataset, config, bad_videos)
     labels = tf.constant(np.asarray(dataset.labels, np.int32))
     records = _records(dataset, keep, False, None, deterministic)
@@ -182,10 +190,10 @@ def eval_dataset(dataset, batch_size, config, with_video_id=True, deterministic=
         frames = decode_frames(jpegs, indices)
         shape = tf.shape(frames)
         frames = tf.reshape(frames, (config.test_clips, config.clip_len, shape[1], shape[2], 3))
-        out = tf.ensure_shape(_geometry(preprocessor, frames, dataset),
-                              (config.test_clips, config.clip_len, config.crop, config.crop, 3))
-        label = tf.fill((config.test_clips,), tf.gather(labels, video))
-        ids = tf.fill((config.test_clips,), tf.cast(video, tf.int32))
+        out = tf.ensure_shape(_geometry(preprocessor, frames, dataset, crops=config.test_crops),
+                              (config.test_views, config.clip_len, config.crop, config.crop, 3))
+        label = tf.fill((config.test_views,), tf.gather(labels, video))
+        ids = tf.fill((config.test_views,), tf.cast(video, tf.int32))
         return (out, label, ids) if with_video_id else (out, label)
 
     ds = records.map(clips, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).unbatch()

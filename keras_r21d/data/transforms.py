@@ -62,6 +62,43 @@ def center_crop(frames, crop=CROP):
     return frames[..., top : top + crop[0], left : left + crop[1], :]
 
 
+def view_offsets(height, width, crop, crops):
+    """`(top, left)` of each test view's `crop` window (int pair) in `height x width` frames.
+
+    One view is the center crop (`center_crop`'s offsets). Three views are
+    the convention of MMAction2's `ThreeCrop` and PySlowFast's
+    `uniform_crop`: along the long side (the width when the frames are
+    square) the start, the center and the end; centered on the short side.
+    Works on Python ints and on scalar tensors.
+    """
+    top, left = (height - crop[0]) // 2, (width - crop[1]) // 2
+    if crops == 1:
+        return [(top, left)]
+    if crops != 3:
+        raise ValueError(f"`crops` must be 1 or 3. Received: crops={crops!r}")
+    if isinstance(height, int) and isinstance(width, int):
+        tall = height > width
+        return [(0, left) if tall else (top, 0), (top, left),
+                (height - crop[0], left) if tall else (top, width - crop[1])]
+    tall = height > width
+    return [(tf.where(tall, 0, top), tf.where(tall, left, 0)), (top, left),
+            (tf.where(tall, height - crop[0], top), tf.where(tall, left, width - crop[1]))]
+
+
+def test_views(frames, crop=CROP, crops=1):
+    """The test views of `(N, T, H, W, C)` clips: `(N * crops, T, crop, crop, C)`, each clip's views in a row
+    (`view_offsets`' order). One view is `center_crop`."""
+    if crops == 1:
+        return center_crop(frames, crop)
+    crop = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    shape = tf.shape(frames)
+    views = [frames[:, :, top : top + crop[0], left : left + crop[1], :]
+             for top, left in view_offsets(shape[2], shape[3], crop, crops)]
+    stacked = tf.stack(views, axis=1)  # (N, crops, T, crop, crop, C)
+    out = tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], axis=0))
+    return tf.ensure_shape(out, (None, frames.shape[1], crop[0], crop[1], frames.shape[-1]))
+
+
 def random_crop(frames, crop, seed):
     """The same random `crop x crop` window in every frame of a `(T, H, W, C)` clip."""
     crop = (crop, crop) if isinstance(crop, int) else tuple(crop)
@@ -120,6 +157,14 @@ def normalize(frames, mean=MEAN, std=STD):
 def eval_geometry(frames, resize=RESIZE, crop=CROP):
     """Test-time geometry of uint8 frames: resize, center crop (float32, 0..255)."""
     return _crop_first(frames, resize, lambda frames: center_crop(frames, crop))
+
+
+def eval_views_geometry(frames, resize=RESIZE, crop=CROP, crops=1):
+    """Test-time geometry of `(N, T, H, W, 3)` uint8 clips with `crops` views each (`test_views`): resize, crop
+    (float32, 0..255; `eval_geometry` for one view)."""
+    if crops == 1:
+        return eval_geometry(frames, resize, crop)
+    return _crop_first(frames, resize, lambda frames: test_views(frames, crop, crops))
 
 
 def eval_transform(frames, resize=RESIZE, crop=CROP, mean=MEAN, std=STD):

@@ -23,7 +23,7 @@ MAX_VIDEO_PIXELS = 2**28
 
 
 def video_clips(frames, config, max_pixels=MAX_VIDEO_PIXELS, name="classify_video"):
-    """`(num_clips, clip_len, crop, crop, 3)` float32 test clips of one uint8 video `(F, H, W, 3)`.
+    """`(test_clips x test_crops, clip_len, crop, crop, 3)` float32 test views of one uint8 video `(F, H, W, 3)`.
 
     The input is checked in the graph: rank 4 with 3 channels, at least one
     frame of at least one pixel, at most `max_pixels` frames x height x width.
@@ -48,8 +48,8 @@ def video_clips(frames, config, max_pixels=MAX_VIDEO_PIXELS, name="classify_vide
     if config.short_policy == "pad":
         # Index -1 is a black frame, as in the decoder.
         clips = tf.where((indices >= 0)[:, :, None, None, None], clips, tf.zeros_like(clips))
-    clips = config.preprocessor(clips)
-    return tf.ensure_shape(clips, (config.test_clips, config.clip_len, config.crop, config.crop, 3))
+    clips = config.preprocessor.views(clips, config.test_crops)
+    return tf.ensure_shape(clips, (config.test_views, config.clip_len, config.crop, config.crop, 3))
 
 
 def checked_clips(clips, shape, name):

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset
+from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, view_protocol
 from keras_r21d.data.service import STALL_TIMEOUT
 from keras_r21d.data.transforms import resize_for_crop
 from keras_r21d.training.backend import model_function
@@ -54,13 +54,16 @@ def video_predictions(probabilities, labels, video_ids):
     return sums / counts, video_labels, ids
 
 
-def compute_metrics(probabilities, labels, video_ids, class_names, report_classes=None):
+def compute_metrics(probabilities, labels, video_ids, class_names, report_classes=None, crops=1):
     """Clip@1, Clip@5, Video@1, Video@5, per-class video accuracy and the video confusion matrix.
 
     `class_names` name the model's outputs (the columns of `probabilities`;
     `labels` index them). `report_classes` (default all of them) are the
     classes whose per-class accuracy is reported: the dataset's, when it holds
-    only some of the model's classes.
+    only some of the model's classes. Each row of `probabilities` is one
+    view: `crops` spatial crops of each temporal clip (1: the clip itself).
+    Clip@k are single views' accuracies; Video@k average all of a video's
+    views' softmaxes. `protocol` says how many ("10 clips x 3 crops").
     """
     num_classes = len(class_names)
     if probabilities.shape[1] != num_classes:
@@ -81,9 +84,12 @@ def compute_metrics(probabilities, labels, video_ids, class_names, report_classe
         "clip_top5": float(_topk_hits(probabilities, labels, 5).mean()),
         "video_top1": float((predicted == video_labels).mean()),
         "video_top5": float(_topk_hits(video_probs, video_labels, 5).mean()),
-        "clips": int(len(labels)),
+        "clips": int(len(labels) // crops),
         "videos": int(len(ids)),
-        "clips_per_video": float(len(labels) / max(len(ids), 1)),
+        "clips_per_video": float(len(labels) / crops / max(len(ids), 1)),
+        "crops": int(crops),
+        "views": int(len(labels)),
+        "protocol": view_protocol(round(len(labels) / crops / max(len(ids), 1)), crops),
         "per_class_video_top1": per_class,
         "confusion_matrix": confusion.tolist(),
         "class_names": list(class_names),
@@ -96,7 +102,8 @@ def evaluate_model(model, dataset, config=None, batch_size=8, out_dir=None, bad_
     Args:
         model: a Keras model.
         dataset: a `VideoDataset` (its test subset).
-        config: a `ClipConfig` (`test_clips` clips per video; the paper uses 10).
+        config: a `ClipConfig` (`test_clips` clips per video, the paper uses
+            10; `test_crops` views of each, 1 or 3).
         batch_size: clips per batch.
         out_dir: if set, writes `report.json`, `confusion_matrix.png` and
             `clip_predictions.npz` there.
@@ -110,7 +117,7 @@ def evaluate_model(model, dataset, config=None, batch_size=8, out_dir=None, bad_
     log = bad_videos if bad_videos is not None else BadVideoLog((config or ClipConfig()).max_consecutive_failures)
     probabilities, labels, videos = predict_clips(model, dataset, config, batch_size, bad_videos=log)
     metrics = compute_metrics(probabilities, labels, videos, dataset.class_names,
-                              getattr(dataset, "evaluated_classes", None))
+                              getattr(dataset, "evaluated_classes", None), (config or ClipConfig()).test_crops)
     mine = set(dataset.paths)
     metrics["skipped_videos"] = {path: reason for path, reason in log.failures.items() if path in mine}
     metrics["dataset"] = dataset.name
@@ -150,7 +157,7 @@ def recorded_class_names(model_path):
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
-def test_clip_config(model, record=None, clips=10, frames=None, size=None):
+def test_clip_config(model, record=None, clips=10, frames=None, size=None, crops=1):
     """The evaluator's `ClipConfig` for a model: explicit values, else the model's input shape, else its run.
 
     The clip length, crop, frame stride and pre-crop resize follow the
@@ -168,6 +175,7 @@ def test_clip_config(model, record=None, clips=10, frames=None, size=None):
         resize=tuple(resize) if resize else resize_for_crop(size),
         crop=int(size),
         test_clips=int(clips),
+        test_crops=int(crops),
     )
 
 
@@ -179,13 +187,17 @@ def load_model(path):
 
 
 def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_dir=None, class_names=None,
-             data_service=None, data_service_timeout=STALL_TIMEOUT):
+             data_service=None, data_service_timeout=STALL_TIMEOUT, crops=1):
     """Evaluates a model (or a `.keras` path) on a dataset's test subset at clip and video level.
 
     Args:
         model: a `keras.Model` or the path of a `.keras` file.
         data: a dataset spec (`ucf101:ROOT`, ...) or a `VideoDataset`.
         clips: uniformly spaced clips per video (the paper: 10).
+        crops: spatial views of each clip: 1, the center crop (the paper's
+            protocol), or 3 along the frames' long side (MMAction2's and
+            PySlowFast's "10 clips x 3 crops"); all views' softmaxes are
+            averaged per video.
         frames, size: clip length and crop size; default the model's input
             shape, else the run's `run.json`, else 16 and 112.
         batch_size: clips per batch.
@@ -221,7 +233,7 @@ def evaluate(model, data, clips=10, frames=None, size=None, batch_size=8, out_di
 
         dataset = through_service(dataset, data_service, data if isinstance(data, str) else None)
     dataset = align_to_model(dataset, class_names, int(model.output_shape[-1]), label)
-    config = test_clip_config(model, record, clips, frames, size)
+    config = test_clip_config(model, record, clips, frames, size, crops)
     if not data_service:
         return evaluate_model(model, dataset, config, batch_size, out_dir)
     from keras_r21d.data.service import StallWatchdog

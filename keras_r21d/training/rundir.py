@@ -18,8 +18,8 @@ RUN_FILE = "run.json"
 # step and constant schedules extend; the cosine schedule is planned for its
 # epochs, so it may not), how often and how much it validates, and where and
 # on what it runs. Everything else defines the model, the data or the recipe.
-RESUMABLE_CHANGES = ("out", "epochs", "val_freq", "test_clips", "tensorboard", "strategy", "collective_timeout",
-                     "jit_compile", "data_service", "data_service_timeout", "autotune_lowering")
+RESUMABLE_CHANGES = ("out", "epochs", "val_freq", "test_clips", "test_crops", "tensorboard", "strategy",
+                     "collective_timeout", "jit_compile", "data_service", "data_service_timeout", "autotune_lowering")
 
 
 class RunDirError(ValueError):

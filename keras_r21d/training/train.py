@@ -93,6 +93,10 @@ class TrainConfig:
     updates. Under `tf.distribute` over several replicas Keras' accumulation
     does not run, and `train` refuses it; JAX's `data_parallel` runs it.
 
+    `test_clips` and `test_crops` are Video@1's test views: uniform clips
+    per validation video (the paper: 10) and spatial crops of each (1, the
+    paper's center crop, or 3 along the long side: "10 clips x 3 crops").
+
     `data_service` (`HOST:PORT` of a tf.data service dispatcher) sends the
     input pipeline to the service's workers; it needs frame shards
     (`data="shards:DIR"`, written by `keras-r21d prepare`). When no batch
@@ -142,6 +146,7 @@ class TrainConfig:
     data_service: str = None
     data_service_timeout: float = STALL_TIMEOUT
     accumulate: int = 1
+    test_crops: int = 1
 
     def __post_init__(self):
         if self.arch not in VARIANTS:
@@ -162,6 +167,8 @@ class TrainConfig:
             raise ValueError(f"`freeze_backbone_epochs` (--freeze-backbone-epochs) must be in [0, epochs="
                              f"{self.epochs}): the network must train for at least one epoch after the head. "
                              f"Received: {self.freeze_backbone_epochs}")
+        if self.test_crops not in (1, 3):
+            raise ValueError(f"`test_crops` (--test-crops) must be 1 or 3. Received: {self.test_crops!r}")
         if self.trainable_from is not None and self.trainable_from not in STAGES:
             raise ValueError(f"`trainable_from` must be one of {STAGES}. Received: {self.trainable_from!r}")
 
@@ -172,9 +179,11 @@ class TrainConfig:
             return tuple(self.resize_to)
         return resize_for_crop(self.size)
 
-    def clip_config(self, test_clips=None):
+    def clip_config(self, test_clips=None, test_crops=None):
+        """The run's `ClipConfig`; its test views (`test_clips x test_crops`) are Video@1's."""
         return ClipConfig(clip_len=self.frames, frame_stride=self.frame_stride, resize=self.resize, crop=self.size,
-                          flip=self.flip, test_clips=test_clips or self.test_clips)
+                          flip=self.flip, test_clips=test_clips or self.test_clips,
+                          test_crops=test_crops or self.test_crops)
 
     def input_shape(self):
         return clip_input_shape(self.frames, self.arch, self.stem_type)
@@ -460,7 +469,7 @@ def train(config=None, callbacks=None, **kwargs):
         bad_videos = BadVideoLog()  # one per run: a bad video is reported once, whichever pass meets it
         train_ds = train_dataset(train_set, batch_size, config.clip_config(), seed=config.seed,
                                  bad_videos=bad_videos, repeat=True)
-        val_ds = eval_dataset(val_set, batch_size, config.clip_config(test_clips=1), with_video_id=False,
+        val_ds = eval_dataset(val_set, batch_size, config.clip_config(test_clips=1, test_crops=1), with_video_id=False,
                               bad_videos=bad_videos)
 
         if chief:

@@ -141,7 +141,7 @@ def make_tuner(data, out, space=None, algorithm="random", objective="video", max
         trial_timeout_minutes: distributed chief only: a trial running longer
             is marked failed (its worker presumed dead).
         **train_settings: fixed `TrainConfig` fields for every trial (`size`,
-            `batch_size`, `resize_to`, `frame_stride`, `flip`, `test_clips`, ...).
+            `batch_size`, `resize_to`, `frame_stride`, `flip`, `test_clips`, `test_crops`, ...).
     """
     from keras_r21d.data.datasets import load_dataset
 
