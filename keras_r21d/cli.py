@@ -305,7 +305,7 @@ def cmd_train(args):
         decay_epochs=args.decay_epochs, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
         momentum=args.momentum, nesterov=not args.no_nesterov, width_multiplier=args.width_multiplier,
         dropout=args.dropout, val_data=args.val_data, val_freq=args.val_freq, test_clips=args.test_clips,
-        test_crops=args.test_crops,
+        test_crops=args.test_crops, label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix,
         frame_stride=args.frame_stride, flip=not args.no_flip, strategy=args.strategy,
         mixed_precision=args.mixed_precision, jit_compile=args.xla, implementation=args.implementation,
         autotune_lowering=args.autotune_lowering, seed=args.seed, max_train_videos=args.max_train_videos,
@@ -530,11 +530,14 @@ def cmd_tune(args):
     fixed = {name: value for name, value in (("variant", args.arch), ("depth", args.depth), ("frames", args.frames),
                                              ("width_multiplier", args.width_multiplier), ("lr", args.lr),
                                              ("weight_decay", args.weight_decay),
-                                             ("warmup_epochs", args.warmup_epochs)) if value is not None}
+                                             ("warmup_epochs", args.warmup_epochs),
+                                             ("label_smoothing", args.label_smoothing), ("mixup", args.mixup),
+                                             ("cutmix", args.cutmix)) if value is not None}
     space = SearchSpace(**{k: v for k, v in dict(
         variants=args.variants, per_stage=args.per_stage, depths=args.depths, frames=args.clip_lengths,
         width_multipliers=args.widths, lr=args.lr_range, weight_decay=args.wd_range,
-        warmup_epochs=args.warmup_choices).items() if v is not None}, fixed=fixed)
+        warmup_epochs=args.warmup_choices, label_smoothing=args.label_smoothing_choices, mixup=args.mixup_choices,
+        cutmix=args.cutmix_choices).items() if v is not None}, fixed=fixed)
     settings = dict(size=args.size, batch_size=args.batch_size, frame_stride=args.frame_stride,
                     flip=not args.no_flip, test_clips=args.test_clips, test_crops=args.test_crops,
                     strategy=args.strategy)
@@ -687,6 +690,13 @@ def build_parser():
     p.add_argument("--test-clips", type=POSITIVE, default=10, help="clips per video for Video@1")
     p.add_argument("--test-crops", type=int, choices=[1, 3], default=1,
                    help="crops per clip for Video@1: " + CROPS_HELP)
+    p.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
+                   help="soft training targets: (1 - EPS) on the label, EPS spread over all classes (default 0: off)")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mix each training batch with itself reversed, weight ~ Beta(ALPHA, ALPHA) (default 0: off)")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                   help="paste a box (the same in every frame) from the paired clip, area ~ Beta(ALPHA, ALPHA), "
+                        "labels mixed by area; with --mixup each batch takes one of the two (default 0: off)")
     p.add_argument("--frame-stride", type=POSITIVE, default=1, help="take every N-th frame")
     p.add_argument("--no-flip", action="store_true",
                    help="no horizontal flips (needed when left/right is the label, as in make-synthetic data)")
@@ -812,6 +822,9 @@ def build_parser():
     g.add_argument("--lr-range", type=_csv(float), help="LOW,HIGH (log-uniform), default 0.001,0.1")
     g.add_argument("--wd-range", type=_csv(float), help="LOW,HIGH (log-uniform), default 1e-5,1e-3")
     g.add_argument("--warmup-choices", type=_csv(int), help="default 0,1")
+    g.add_argument("--label-smoothing-choices", type=_csv(float), help="e.g. 0,0.1 (default 0: off)")
+    g.add_argument("--mixup-choices", type=_csv(float), help="mixup alphas, e.g. 0,0.2 (default 0: off)")
+    g.add_argument("--cutmix-choices", type=_csv(float), help="cutmix alphas, e.g. 0,1 (default 0: off)")
     g = p.add_argument_group("fixed values (the train command's flags: fix instead of search)")
     g.add_argument("--arch", choices=sorted(VARIANTS))
     g.add_argument("--depth", type=int, choices=sorted(DEPTHS))
@@ -820,6 +833,9 @@ def build_parser():
     g.add_argument("--lr", type=float)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup-epochs", type=int)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--mixup", type=float)
+    g.add_argument("--cutmix", type=float)
     g.add_argument("--size", type=POSITIVE, default=112)
     g.add_argument("--batch-size", type=POSITIVE, default=8)
     g.add_argument("--frame-stride", type=POSITIVE, default=1)

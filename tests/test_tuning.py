@@ -49,7 +49,8 @@ def _results(out):
 def test_search_trains_each_trial_at_its_clip_length(tiny_data, tmp_path):
     out = str(tmp_path / "search")
     space = SearchSpace(variants=("fr2d", "r2plus1d", "r2d"), depths=(10,), frames=(4, 6),
-                        width_multipliers=(0.125,), lr=(0.005, 0.02), weight_decay=(1e-4, 1e-4), warmup_epochs=(0,))
+                        width_multipliers=(0.125,), lr=(0.005, 0.02), weight_decay=(1e-4, 1e-4), warmup_epochs=(0,),
+                        mixup=(0.0, 0.3))
     rows = tune(tiny_data, out, space, max_trials=4, epochs=1, seed=3, **SETTINGS)
     assert len(rows) == 4 and all(row["status"] == "COMPLETED" for row in rows)
     records = _trial_records(out)
@@ -65,7 +66,10 @@ def test_search_trains_each_trial_at_its_clip_length(tiny_data, tmp_path):
             assert record["input_shape"] == [frames, None, None, 3]
         assert row["video_top1"] == record["video_top1"] and row["params"] == record["params"]
         assert row["gflops"] == pytest.approx(record["gflops"])
+        with open(os.path.join(out, "trials", f"trial_{row['trial_id']}", "run.json")) as f:
+            assert json.load(f)["config"]["mixup"] == row["hyperparameters"]["mixup"]  # the searched value trained
     assert lengths == {4, 6}  # the search tried both clip lengths
+    assert {row["hyperparameters"]["mixup"] for row in rows} == {0.0, 0.3}  # and trained with and without mixup
     table = _results(out)
     assert [r["trial_id"] for r in table] == [row["trial_id"] for row in rows]
     assert [int(r["frames"]) for r in table] == [row["hyperparameters"]["frames"] for row in rows]
@@ -91,8 +95,17 @@ def test_per_stage_space_and_fixed_values():
     hp = kt.HyperParameters()
     values = space.declare(hp)
     assert set(values) == {"stem_type", "conv2", "conv3", "conv4", "conv5", "depth", "frames", "width_multiplier",
-                           "lr", "weight_decay", "warmup_epochs"}
+                           "lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup", "cutmix"}
     assert values["depth"] == 18 and values["lr"] == 0.02 and values["frames"] == 8
+    # Soft targets off: values of 0, and no hyperparameters (a search from before they existed resumes as it was).
+    assert (values["label_smoothing"], values["mixup"], values["cutmix"]) == (0.0, 0.0, 0.0)
+    assert not {"label_smoothing", "mixup", "cutmix"} & set(hp.values)
+    hp = kt.HyperParameters()
+    values = SearchSpace(mixup=(0.0, 0.2), fixed={"label_smoothing": 0.1}).declare(hp)
+    assert isinstance(hp._hps["mixup"][0], kt.engine.hyperparameters.Choice) and values["label_smoothing"] == 0.1
+    assert "cutmix" not in hp.values and values["cutmix"] == 0.0
+    with pytest.raises(ValueError, match="label_smoothing"):
+        SearchSpace(label_smoothing=(0.0, 1.0))
     with pytest.raises(ValueError, match="cannot fix"):
         SearchSpace(fixed={"optimizer": "adam"})
     with pytest.raises(ValueError, match="unknown variants"):

@@ -10,6 +10,7 @@ _EXPORTS = {
     "DatasetFormatError": "datasets", "VideoDataset": "datasets", "load_dataset": "datasets", "parse_spec": "datasets",
     "BadVideoLog": "pipeline", "ClipConfig": "pipeline", "TooManyBadVideos": "pipeline", "eval_dataset": "pipeline",
     "train_dataset": "pipeline",
+    "LabelMixing": "mixing", "mix_batches": "mixing",
     "make_synthetic_dataset": "synthetic",
     "VideoDecodeError": "video", "decode_clip": "video", "probe": "video", "read_frames": "video",
 }

@@ -117,9 +117,10 @@ class VideoAccuracy(keras.callbacks.Callback):
     """Adds `val_video_accuracy` (Video@1) and `val_video_clip_accuracy` to the epoch logs.
 
     Runs every `freq` epochs and at the last one, on `config.test_clips`
-    uniformly spaced clips per validation video, averaging the softmax per
-    video as the paper does. Other epochs log NaN, so that the CSV log has the
-    columns from the first epoch on. `bad_videos`, a run's `BadVideoLog`,
+    uniformly spaced clips per validation video (`config.test_crops` views
+    of each), averaging the softmax per video as the paper does. Other
+    epochs log NaN, so that the CSV log has the columns from the first epoch
+    on. `bad_videos`, a run's `BadVideoLog`,
     makes a bad video reported once per run rather than once per epoch.
     """
 
@@ -140,7 +141,8 @@ class VideoAccuracy(keras.callbacks.Callback):
             return
         probabilities, labels, videos = predict_clips(self.model, self.dataset, self.config, self.batch_size,
                                                       bad_videos=self.bad_videos)
-        metrics = compute_metrics(probabilities, labels, videos, self.dataset.class_names)
+        metrics = compute_metrics(probabilities, labels, videos, self.dataset.class_names,
+                                  crops=self.config.test_crops)
         logs["val_video_accuracy"] = metrics["video_top1"]
         logs["val_video_clip_accuracy"] = metrics["clip_top1"]
 
@@ -168,8 +170,12 @@ class ClipValidation(keras.callbacks.Callback):
         for clips, labels in self.dataset:
             probabilities = forward(clips)
             labels = labels.numpy()
-            losses.append(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
-                labels, probabilities)))
+            if labels.ndim == 2:  # one-hot (a run on soft targets: label smoothing, mixup, cutmix)
+                losses.append(keras.ops.convert_to_numpy(keras.losses.categorical_crossentropy(labels, probabilities)))
+                labels = labels.argmax(axis=-1)
+            else:
+                losses.append(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
+                    labels, probabilities)))
             hits.append(probabilities.argmax(axis=-1) == labels)
         if losses:
             logs["val_loss"] = float(np.concatenate(losses).mean())

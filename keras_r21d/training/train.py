@@ -19,6 +19,7 @@ import keras
 from keras_r21d._tensorflow import tf
 from keras_r21d.classes import align_to_model
 from keras_r21d.data.datasets import load_dataset, split_description
+from keras_r21d.data.mixing import LabelMixing, mix_batches, one_hot_batches
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, train_dataset
 from keras_r21d.data.service import STALL_TIMEOUT
 from keras_r21d.data.transforms import resize_for_crop
@@ -97,6 +98,15 @@ class TrainConfig:
     per validation video (the paper: 10) and spatial crops of each (1, the
     paper's center crop, or 3 along the long side: "10 clips x 3 crops").
 
+    `label_smoothing` (in [0, 1)), `mixup` and `cutmix` (Beta alphas, 0
+    off) make the training targets soft (`keras_r21d.data.mixing`: graph
+    ops on each batch, on every backend and after tf.data service; cutmix
+    pastes the same box through all frames of a clip and mixes the labels
+    by its area; with both, each batch takes one of them). The loss is then
+    the categorical cross-entropy on one-hot targets, validation's too.
+    Video@1 and the reports are unchanged. All three off is the paper's
+    recipe.
+
     `data_service` (`HOST:PORT` of a tf.data service dispatcher) sends the
     input pipeline to the service's workers; it needs frame shards
     (`data="shards:DIR"`, written by `keras-r21d prepare`). When no batch
@@ -147,6 +157,9 @@ class TrainConfig:
     data_service_timeout: float = STALL_TIMEOUT
     accumulate: int = 1
     test_crops: int = 1
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     def __post_init__(self):
         if self.arch not in VARIANTS:
@@ -167,6 +180,13 @@ class TrainConfig:
             raise ValueError(f"`freeze_backbone_epochs` (--freeze-backbone-epochs) must be in [0, epochs="
                              f"{self.epochs}): the network must train for at least one epoch after the head. "
                              f"Received: {self.freeze_backbone_epochs}")
+        if not 0.0 <= float(self.label_smoothing) < 1.0:
+            raise ValueError(f"`label_smoothing` (--label-smoothing) must be in [0, 1). Received: "
+                             f"{self.label_smoothing!r}")
+        for name in ("mixup", "cutmix"):
+            if not float(getattr(self, name)) >= 0.0:
+                raise ValueError(f"`{name}` (--{name}, the Beta distribution's alpha) must be >= 0 (0: off). "
+                                 f"Received: {getattr(self, name)!r}")
         if self.test_crops not in (1, 3):
             raise ValueError(f"`test_crops` (--test-crops) must be 1 or 3. Received: {self.test_crops!r}")
         if self.trainable_from is not None and self.trainable_from not in STAGES:
@@ -178,6 +198,10 @@ class TrainConfig:
         if self.resize_to:
             return tuple(self.resize_to)
         return resize_for_crop(self.size)
+
+    def label_mixing(self, num_classes):
+        """The `LabelMixing` of the training batches (inactive with the defaults)."""
+        return LabelMixing(num_classes, float(self.label_smoothing), float(self.mixup), float(self.cutmix))
 
     def clip_config(self, test_clips=None, test_crops=None):
         """The run's `ClipConfig`; its test views (`test_clips x test_crops`) are Video@1's."""
@@ -244,8 +268,9 @@ def _compile(model, config, lr, steps_per_epoch, epochs):
     optimizer = make_optimizer(lr, steps_per_epoch // config.accumulate, epochs, config.warmup_epochs,
                                config.schedule, config.decay_epochs, config.momentum, config.nesterov,
                                config.weight_decay, accumulate=config.accumulate)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=config.jit_compile)
+    soft = config.label_mixing(int(model.output_shape[-1])).active  # one-hot targets
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy" if soft else "sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=config.jit_compile)
 
 
 def _prebuild_for_multi_worker(model, strategy, dataset):
@@ -471,6 +496,10 @@ def train(config=None, callbacks=None, **kwargs):
                                  bad_videos=bad_videos, repeat=True)
         val_ds = eval_dataset(val_set, batch_size, config.clip_config(test_clips=1, test_crops=1), with_video_id=False,
                               bad_videos=bad_videos)
+        mixing = config.label_mixing(int(model.output_shape[-1]))
+        if mixing.active:  # soft training targets: one-hot labels, the categorical loss (`_compile`)
+            train_ds = mix_batches(train_ds, mixing, config.seed)
+            val_ds = one_hot_batches(val_ds, mixing.num_classes)
 
         if chief:
             os.makedirs(run_dir, exist_ok=True)

@@ -9,7 +9,11 @@ from keras_r21d.models.specs import DEPTHS, VARIANTS, clip_input_shape
 
 STEM_TYPES = ("2d", "3d", "2plus1d")
 # Hyperparameters a search may fix (the train command's flags).
-FIXABLE = ("variant", "depth", "frames", "width_multiplier", "lr", "weight_decay", "warmup_epochs")
+FIXABLE = ("variant", "depth", "frames", "width_multiplier", "lr", "weight_decay", "warmup_epochs",
+           "label_smoothing", "mixup", "cutmix")
+# Soft-target settings (`TrainConfig`'s): off unless searched or fixed, and then not declared at all, so that a
+# search from before they existed resumes with the same hyperparameters.
+SOFT_TARGETS = ("label_smoothing", "mixup", "cutmix")
 
 
 @dataclasses.dataclass
@@ -28,6 +32,8 @@ class SearchSpace:
         lr: `(low, high)` peak learning rate, sampled log-uniformly.
         weight_decay: `(low, high)`, log-uniform.
         warmup_epochs: warm-up lengths to choose from.
+        label_smoothing, mixup, cutmix: values to choose from (`TrainConfig`'s
+            soft targets; default `(0.0,)`, off and not declared).
         fixed: `{name: value}` for hyperparameters not searched (names in `FIXABLE`).
     """
 
@@ -39,6 +45,9 @@ class SearchSpace:
     lr: tuple = (1e-3, 1e-1)
     weight_decay: tuple = (1e-5, 1e-3)
     warmup_epochs: tuple = (0, 1)
+    label_smoothing: tuple = (0.0,)
+    mixup: tuple = (0.0,)
+    cutmix: tuple = (0.0,)
     fixed: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -55,6 +64,12 @@ class SearchSpace:
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high. Received: {(low, high)}")
+        for name in SOFT_TARGETS:
+            values = tuple(float(v) for v in getattr(self, name))
+            if not values or min(values) < 0.0 or (name == "label_smoothing" and max(values) >= 1.0):
+                raise ValueError(f"`{name}` must be choices in {'[0, 1)' if name == 'label_smoothing' else '>= 0'}. "
+                                 f"Received: {getattr(self, name)!r}")
+            setattr(self, name, values)
         if not self.variants or not self.depths or not self.frames or not self.width_multipliers:
             raise ValueError("every choice list of the search space needs at least one value")
 
@@ -86,6 +101,10 @@ class SearchSpace:
         values["lr"] = log_float("lr", self.lr)
         values["weight_decay"] = log_float("weight_decay", self.weight_decay)
         values["warmup_epochs"] = choice("warmup_epochs", self.warmup_epochs)
+        for name in SOFT_TARGETS:
+            choices = getattr(self, name)
+            values[name] = (float(choice(name, choices)) if name in self.fixed or set(choices) != {0.0}
+                            else 0.0)
         return values
 
 

@@ -75,6 +75,7 @@ class _VideoTrials:
             data=self.data, out=self.trial_dir(trial.trial_id), depth=values["depth"], frames=values["frames"],
             width_multiplier=values["width_multiplier"], lr=values["lr"], weight_decay=values["weight_decay"],
             warmup_epochs=values["warmup_epochs"], epochs=epochs, val_freq=epochs,
+            label_smoothing=values["label_smoothing"], mixup=values["mixup"], cutmix=values["cutmix"],
         )
         if "variant" in values:
             settings["arch"] = values["variant"]
