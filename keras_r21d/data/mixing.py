@@ -38,7 +38,7 @@ class LabelMixing:
 
     >>> mixing = LabelMixing(num_classes=3, label_smoothing=0.3)
     >>> _, targets = mixing(np.zeros((2, 4, 8, 8, 3), "float32"), np.array([0, 2]), seed=[1, 2])
-    >>> np.round(targets.numpy(), 2).tolist()
+    >>> np.round(targets.numpy().astype("float64"), 2).tolist()
     [[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]]
     """
 
