@@ -26,6 +26,7 @@ import keras_r21d  # noqa: E402
 from keras_r21d._tensorflow import tf  # noqa: E402
 from keras_r21d.data.mixing import LabelMixing, mix_batches  # noqa: E402
 from keras_r21d.data.transforms import normalize  # noqa: E402
+from tools.bench_train import StepTimer  # noqa: E402 - a step's time from batch begin to end
 
 CLASSES = 101
 # "none2" is "none" again, built last: the spread between two identical settings is the run's noise.
@@ -38,18 +39,6 @@ def dataset(clips, labels, batch, settings):
     ds = ds.map(lambda c, y: (normalize(c), y), num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
     mixing = LabelMixing(CLASSES, **settings)
     return (mix_batches(ds, mixing, seed=0) if mixing.active else ds).prefetch(2), mixing.active
-
-
-class StepTimes(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def main(model_name="r2plus1d_18", batch=8, shape="16x112", steps=6):
@@ -85,7 +74,7 @@ def main(model_name="r2plus1d_18", batch=8, shape="16x112", steps=6):
     times = {name: [] for name in SETTINGS}
     for _ in range(2):  # two rounds, the settings alternating; a fit call's first step (a new iterator) dropped
         for name, (model, ds) in models.items():
-            timer = StepTimes()
+            timer = StepTimer()
             model.fit(ds, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[timer])
             times[name].extend(timer.times[1:])
     print(f"{model_name} training step, batch {batch} of {frames}x{size}x{size}, {os.cpu_count()} CPUs "
