@@ -306,6 +306,7 @@ def cmd_train(args):
         momentum=args.momentum, nesterov=not args.no_nesterov, width_multiplier=args.width_multiplier,
         dropout=args.dropout, val_data=args.val_data, val_freq=args.val_freq, test_clips=args.test_clips,
         test_crops=args.test_crops, label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix,
+        ema=args.ema,
         frame_stride=args.frame_stride, flip=not args.no_flip, strategy=args.strategy,
         mixed_precision=args.mixed_precision, jit_compile=args.xla, implementation=args.implementation,
         autotune_lowering=args.autotune_lowering, seed=args.seed, max_train_videos=args.max_train_videos,
@@ -697,6 +698,9 @@ def build_parser():
     p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
                    help="paste a box (the same in every frame) from the paired clip, area ~ Beta(ALPHA, ALPHA), "
                         "labels mixed by area; with --mixup each batch takes one of the two (default 0: off)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999): validation and the saved "
+                        "model use it, checkpoints keep both (default 0: off)")
     p.add_argument("--frame-stride", type=POSITIVE, default=1, help="take every N-th frame")
     p.add_argument("--no-flip", action="store_true",
                    help="no horizontal flips (needed when left/right is the label, as in make-synthetic data)")

@@ -182,6 +182,50 @@ class ClipValidation(keras.callbacks.Callback):
             logs["val_accuracy"] = float(np.concatenate(hits).mean())
 
 
+def averaged_weights_callbacks():
+    """`(swap_in, swap_out)`: callbacks that put the optimizer's moving averages of the weights (Keras'
+    `use_ema`) in the model for validation and take them out again.
+
+    `swap_in` is Keras' `SwapEMAWeights`: `fit`'s own validation runs on the
+    averaged weights (its `on_test_begin`/`on_test_end`), and at the end of
+    an epoch it swaps them in for the callbacks that follow it (`ClipValidation`,
+    `VideoAccuracy`). `swap_out` swaps the training weights back; the
+    callbacks after it (`ResumableCheckpoint`) see the training weights,
+    with the averages in the optimizer's variables, so a checkpoint keeps
+    both and a resumed run continues the average.
+    """
+    swapper = keras.callbacks.SwapEMAWeights()
+    return _SwapIn(swapper), _SwapOut(swapper)
+
+
+class _SwapIn(keras.callbacks.Callback):
+    def __init__(self, swapper):
+        super().__init__()
+        self.swapper = swapper
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.swapper.set_model(model)
+
+    def on_test_begin(self, logs=None):
+        self.swapper.on_test_begin(logs)
+
+    def on_test_end(self, logs=None):
+        self.swapper.on_test_end(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.swapper.on_test_begin(logs)  # the averaged weights in, for the validation callbacks
+
+
+class _SwapOut(keras.callbacks.Callback):
+    def __init__(self, swapper):
+        super().__init__()
+        self.swapper = swapper
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.swapper.on_test_end(logs)  # the training weights back, before the checkpoint
+
+
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds the optimizer's current learning rate to the epoch logs as `learning_rate`."""
 

@@ -36,6 +36,7 @@ from keras_r21d.training.callbacks import (
     ResumableCheckpoint,
     ResumeError,
     VideoAccuracy,
+    averaged_weights_callbacks,
     load_checkpoint,
     read_state,
 )
@@ -107,6 +108,16 @@ class TrainConfig:
     Video@1 and the reports are unchanged. All three off is the paper's
     recipe.
 
+    `ema=DECAY` (0 < DECAY < 1; 0 off) keeps an exponential moving average
+    of the trainable weights (Keras optimizers' `use_ema`): validation
+    (`val_loss`, Video@1) and the saved `model.keras` (and so its final
+    report) use the averaged weights; the epoch checkpoints hold the
+    training weights with the averages in the optimizer, so `--resume`
+    continues both. BatchNorm's moving statistics are the training
+    weights' (Keras averages trainable weights only). With fine-tuning
+    phases each phase's new optimizer starts its own average from the
+    previous phase's averaged weights.
+
     `data_service` (`HOST:PORT` of a tf.data service dispatcher) sends the
     input pipeline to the service's workers; it needs frame shards
     (`data="shards:DIR"`, written by `keras-r21d prepare`). When no batch
@@ -160,6 +171,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixup: float = 0.0
     cutmix: float = 0.0
+    ema: float = 0.0
 
     def __post_init__(self):
         if self.arch not in VARIANTS:
@@ -187,6 +199,9 @@ class TrainConfig:
             if not float(getattr(self, name)) >= 0.0:
                 raise ValueError(f"`{name}` (--{name}, the Beta distribution's alpha) must be >= 0 (0: off). "
                                  f"Received: {getattr(self, name)!r}")
+        if not 0.0 <= float(self.ema) < 1.0:
+            raise ValueError(f"`ema` (--ema, the moving average's decay) must be in [0, 1), 0: off. Received: "
+                             f"{self.ema!r}")
         if self.test_crops not in (1, 3):
             raise ValueError(f"`test_crops` (--test-crops) must be 1 or 3. Received: {self.test_crops!r}")
         if self.trainable_from is not None and self.trainable_from not in STAGES:
@@ -267,7 +282,7 @@ def _compile(model, config, lr, steps_per_epoch, epochs):
     updates."""
     optimizer = make_optimizer(lr, steps_per_epoch // config.accumulate, epochs, config.warmup_epochs,
                                config.schedule, config.decay_epochs, config.momentum, config.nesterov,
-                               config.weight_decay, accumulate=config.accumulate)
+                               config.weight_decay, accumulate=config.accumulate, ema=config.ema)
     soft = config.label_mixing(int(model.output_shape[-1])).active  # one-hot targets
     model.compile(optimizer=optimizer, loss="categorical_crossentropy" if soft else "sparse_categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=config.jit_compile)
@@ -533,8 +548,12 @@ def train(config=None, callbacks=None, **kwargs):
                                tuple(train_ds.element_spec[0].shape[1:]))
 
         # Data parallelism on JAX: validation outside fit, whose compiled steps need evenly splitting batches.
-        callbacks = list(callbacks or []) + [ClipValidation(val_ds)] * data_parallel + [
-            VideoAccuracy(val_set, config.clip_config(), batch_size, config.val_freq, bad_videos=bad_videos),
+        # With --ema, validation runs on the averaged weights, and checkpoints keep the training weights with the
+        # averages in the optimizer (`averaged_weights_callbacks`).
+        averaging = list(averaged_weights_callbacks()) if config.ema else []
+        validation = [ClipValidation(val_ds)] * data_parallel + [
+            VideoAccuracy(val_set, config.clip_config(), batch_size, config.val_freq, bad_videos=bad_videos)]
+        callbacks = list(callbacks or []) + averaging[:1] + validation + averaging[1:] + [
             LearningRateLogger(),
             ResumableCheckpoint(checkpoint_dir),
             keras.callbacks.TerminateOnNaN(),
