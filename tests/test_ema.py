@@ -114,3 +114,17 @@ def test_a_run_validates_and_saves_the_average_and_resumes_it(tiny_data, tmp_pat
     assert max(np.abs(a - b).max() for a, b in zip(expected, restarted)) > 1e-4  # the test can tell them apart
     assert float(_history(run)[-1]["val_video_accuracy"]) == json.loads(
         (run / "run.json").read_text())["results"]["video_top1"]
+
+
+def test_the_cli_passes_ema_and_the_soft_targets(tmp_path, monkeypatch):
+    import keras_r21d
+    from keras_r21d import cli
+
+    seen = {}
+    monkeypatch.setattr(keras_r21d.training, "run_or_exit",
+                        lambda function, config, resume: seen.update(config=config) or {"report": None})
+    cli.main(["train", "--data", "ucf101:/nowhere", "--out", str(tmp_path / "cli"), "--ema", "0.999",
+              "--label-smoothing", "0.1", "--mixup", "0.2", "--cutmix", "1", "--test-crops", "3"])
+    config = seen["config"]
+    assert (config.ema, config.label_smoothing, config.mixup, config.cutmix, config.test_crops) == (
+        0.999, 0.1, 0.2, 1.0, 3)
