@@ -424,6 +424,8 @@ def cmd_predict(args):
     from keras_r21d.inference import load_predictor
 
     predictor = load_predictor(args.model, clips=args.clips, max_pixels=args.max_pixels, crops=args.crops)
+    if args.timeline:
+        return _predict_timelines(predictor, args)
     results, failed = [], 0
     for video in args.videos:
         try:
@@ -440,6 +442,37 @@ def cmd_predict(args):
                 print(f"  {entry['score']:.4f}  {entry['class']}")
     if args.json:
         print(json.dumps(results, indent=2))
+    return EXIT_BAD_INPUTS if failed else 0
+
+
+def _predict_timelines(predictor, args):
+    """`predict --timeline OUT`: a window every `--window-stride` seconds over each video; CSV, JSON and PNG per
+    video in OUT (named after the video), and the segments where a class leads printed."""
+    from keras_r21d.data.video import VideoDecodeError
+    from keras_r21d.timeline import video_timeline
+
+    failed, answers = 0, []
+    for video in args.videos:
+        prefix = os.path.join(args.timeline, os.path.splitext(os.path.basename(video))[0] + ".timeline")
+        try:
+            timeline = video_timeline(predictor, video, window_stride=args.window_stride)
+        except VideoDecodeError as error:
+            failed += 1
+            print(f"keras-r21d predict: skipped {video}: {error.reason}", file=sys.stderr)
+            answers.append({"video": video, "error": error.reason})
+            continue
+        paths = timeline.write(prefix, top=args.top)
+        segments = timeline.segments()
+        answers.append({"video": video, "windows": len(timeline.starts), "segments": segments, "files": paths})
+        if not args.json:
+            print(f"{video}: {len(timeline.starts)} windows of {timeline.window_frames / timeline.fps:.2f} s, "
+                  f"every {timeline.stride_frames / timeline.fps:.2f} s")
+            for segment in segments:
+                print(f"  {segment['start']:9.2f} - {segment['end']:9.2f} s  {segment['score']:.4f}  "
+                      f"{segment['class']}")
+            print(f"  {paths['csv']}, {paths['json']}, {paths['png']}")
+    if args.json:
+        print(json.dumps(answers, indent=2))
     return EXIT_BAD_INPUTS if failed else 0
 
 
@@ -782,6 +815,11 @@ def build_parser():
     p.add_argument("--crops", type=int, choices=[1, 3], default=None,
                    help="spatial views per clip (default: the export's, else 1); " + CROPS_HELP)
     p.add_argument("--max-pixels", type=POSITIVE, default=None, metavar="N", help=MAX_PIXELS_HELP)
+    p.add_argument("--timeline", metavar="OUT", default=None,
+                   help="slide one clip over each whole video instead: per-window probabilities as "
+                        "OUT/VIDEO.timeline.csv/.json/.png, and the segments where a class leads")
+    p.add_argument("--window-stride", type=_positive(float, 0), default=1.0, metavar="SECONDS",
+                   help="--timeline: seconds between window starts (default 1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
