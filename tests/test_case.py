@@ -134,3 +134,16 @@ def run_model_test(model, input_shape, tmp_path, train=True):
     np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)))
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
     return loaded
+
+
+def write_run_dir(folder, model, config, class_names):
+    """A training run's directory as `keras-r21d train` leaves it, for the commands that read one: `model.keras`
+    and a `run.json` with `config` (the clip geometry) and `class_names`. Returns the folder."""
+    import json
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    model.save(os.path.join(folder, "model.keras"))
+    with open(os.path.join(folder, "run.json"), "w") as f:
+        json.dump({"config": config, "class_names": list(class_names)}, f)
+    return folder

@@ -9,11 +9,13 @@ import pytest
 
 from keras_r21d.inference import load_predictor
 from keras_r21d.timeline import video_timeline
+from tests.test_case import write_run_dir
 from tests.videos import write_opencv
 
 CLASSES = ["moving left", "moving right"]
 FPS = 10.0
 SWITCH = 80  # the frame where the motion turns
+GEOMETRY = {"frames": 4, "size": 32, "frame_stride": 1, "resize_to": [48, 64]}  # run.json's clip geometry
 
 
 def _texture(height, width, seed=0):
@@ -65,11 +67,7 @@ def motion_model(frames=4):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("timeline")
-    motion_model().save(folder / "model.keras")
-    record = {"config": {"frames": 4, "size": 32, "frame_stride": 1, "resize_to": [48, 64]}, "class_names": CLASSES}
-    (folder / "run.json").write_text(json.dumps(record))
-    return folder
+    return write_run_dir(tmp_path_factory.mktemp("timeline"), motion_model(), GEOMETRY, CLASSES)
 
 
 def test_the_timeline_finds_the_switch_within_one_window(run_dir, tmp_path):
@@ -107,12 +105,9 @@ def test_the_same_timeline_from_a_saved_model_and_tflite_and_through_the_cli(tmp
     import keras_r21d
     from tests.test_case import with_batchnorm_statistics
 
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
     model = keras_r21d.get_model("r2plus1d_10", input_shape=(4, None, None, 3), classes=2, width_multiplier=0.125)
-    with_batchnorm_statistics(model, np.random.default_rng(0)).save(run_dir / "model.keras")
-    record = {"config": {"frames": 4, "size": 32, "frame_stride": 1, "resize_to": [48, 64]}, "class_names": CLASSES}
-    (run_dir / "run.json").write_text(json.dumps(record))
+    run_dir = write_run_dir(tmp_path / "run", with_batchnorm_statistics(model, np.random.default_rng(0)), GEOMETRY,
+                            CLASSES)
     video = switching_video(tmp_path / "switch.avi")
     reference = video_timeline(load_predictor(str(run_dir / "model.keras")), video, window_stride=2.0)
     for fmt, out in (("savedmodel", tmp_path / "serving"), ("tflite", tmp_path / "model.tflite")):

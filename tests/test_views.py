@@ -18,7 +18,7 @@ from keras_r21d.data.preprocessor import ClipPreprocessor
 from keras_r21d.data.transforms import MEAN, STD, view_offsets
 from keras_r21d.training import TrainConfig
 from keras_r21d.training.evaluation import compute_metrics, evaluate, evaluate_model, video_predictions
-from tests.test_case import with_batchnorm_statistics
+from tests.test_case import with_batchnorm_statistics, write_run_dir
 from tests.videos import moving_frames, write_opencv
 
 CLASSES = ["left", "right", "still"]
@@ -153,10 +153,8 @@ def test_eval_dataset_gives_each_clips_views_in_a_row(data):
 @pytest.mark.slow
 def test_cli_evaluate_with_three_crops(model, data, tmp_path):
     """`keras-r21d evaluate --crops 3` reports the protocol; `--crops 2` is refused by argparse."""
+    write_run_dir(str(tmp_path), model, {"frames": 4, "size": 32, "frame_stride": 2, "resize_to": [48, 64]}, CLASSES)
     path = str(tmp_path / "model.keras")
-    model.save(path)
-    (tmp_path / "run.json").write_text(json.dumps({"config": {"frames": 4, "size": 32, "frame_stride": 2,
-                                                              "resize_to": [48, 64]}, "class_names": CLASSES}))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [sys.executable, "-m", "keras_r21d", "evaluate", "--model", path, "--data", f"folder:{data}",
                "--clips", "3"]
