@@ -15,12 +15,10 @@ import csv
 import json
 import os
 
-import cv2
 import numpy as np
 
-from keras_r21d.data.video import VideoDecodeError, _Capture, _check_pixels, _to_rgb_into, shrunk_size
-
-BATCH = 2  # windows per forward pass (`inference.CLIP_BATCH`)
+from keras_r21d.data.video import VideoDecodeError, stream_frames
+from keras_r21d.inference import CLIP_BATCH
 
 
 class Timeline:
@@ -131,34 +129,7 @@ class Timeline:
         plt.close(fig)
 
 
-def stream_frames(path, shrink_to=None):
-    """`(fps, generator of RGB uint8 frames)`: every frame of a video once, in order; frames of more than
-    `SHRINK_ABOVE` times the pre-crop size `shrink_to` are shrunk to it as they are read (bilinear, as the
-    evaluator's decoder). Raises `VideoDecodeError` naming the file."""
-    capture = _Capture(path)
-    cap = capture.__enter__()
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
-
-    def frames():
-        try:
-            buffer, size = None, None
-            while True:
-                ok, buffer = cap.read(buffer)
-                if not ok or buffer is None:
-                    return
-                if size is None:
-                    _check_pixels(path, None, *buffer.shape[:2], None)
-                    size = shrunk_size(*buffer.shape[:2], shrink_to)
-                out = np.empty((*size, 3), np.uint8)
-                _to_rgb_into(buffer, out, interpolation=cv2.INTER_LINEAR)
-                yield out
-        finally:
-            capture.__exit__(None, None, None)
-
-    return fps, frames()
-
-
-def video_timeline(predictor, path, window_stride=1.0, batch=BATCH, progress=None):
+def video_timeline(predictor, path, window_stride=1.0, batch=CLIP_BATCH, progress=None):
     """Slides the predictor's clip over the whole video, one window every `window_stride` seconds.
 
     Returns a `Timeline`. A video shorter than one window gives one window,
@@ -169,7 +140,8 @@ def video_timeline(predictor, path, window_stride=1.0, batch=BATCH, progress=Non
         raise ValueError(f"`window_stride` must be > 0 seconds. Received: {window_stride!r}")
     config = predictor.config
     span = (config.clip_len - 1) * config.frame_stride + 1
-    fps, frames = stream_frames(path, config.resize)
+    frames = stream_frames(path, config.resize)
+    fps = next(frames)
     step = max(1, int(round(window_stride * fps)))
     ring = collections.deque(maxlen=span)
     starts, pending, probabilities = [], [], []

@@ -48,12 +48,7 @@ class LabelMixing:
     cutmix: float = 0.0
 
     def __post_init__(self):
-        if not 0.0 <= float(self.label_smoothing) < 1.0:
-            raise ValueError(f"`label_smoothing` must be in [0, 1). Received: {self.label_smoothing!r}")
-        for name in ("mixup", "cutmix"):
-            if not float(getattr(self, name)) >= 0.0:
-                raise ValueError(f"`{name}` (the Beta distribution's alpha) must be >= 0 (0: off). "
-                                 f"Received: {getattr(self, name)!r}")
+        check_soft_targets(self.label_smoothing, self.mixup, self.cutmix)
         if int(self.num_classes) < 1:
             raise ValueError(f"`num_classes` must be positive. Received: {self.num_classes!r}")
 
@@ -97,6 +92,21 @@ class LabelMixing:
         mask = tf.cast(mask, clips.dtype)[None, None, :, :, None]  # the same box in every frame of every clip
         mixed = clips * (1 - mask) + tf.reverse(clips, [0]) * mask
         return mixed, kept * targets + (1.0 - kept) * tf.reverse(targets, [0])
+
+
+def check_soft_targets(label_smoothing=0.0, mixup=0.0, cutmix=0.0, flags=False):
+    """Raises `ValueError` naming the setting (and its command-line flag with `flags=True`) unless
+    `label_smoothing` is in [0, 1) and the `mixup` and `cutmix` alphas are >= 0."""
+
+    def name(setting):
+        return f"`{setting}` (--{setting.replace('_', '-')})" if flags else f"`{setting}`"
+
+    if not 0.0 <= float(label_smoothing) < 1.0:
+        raise ValueError(f"{name('label_smoothing')} must be in [0, 1). Received: {label_smoothing!r}")
+    for setting, alpha in (("mixup", mixup), ("cutmix", cutmix)):
+        if not float(alpha) >= 0.0:
+            raise ValueError(f"{name(setting)}, the Beta distribution's alpha, must be >= 0 (0: off). "
+                             f"Received: {alpha!r}")
 
 
 def beta_sample(alpha, seed):

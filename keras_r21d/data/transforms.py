@@ -76,13 +76,9 @@ def view_offsets(height, width, crop, crops):
         return [(top, left)]
     if crops != 3:
         raise ValueError(f"`crops` must be 1 or 3. Received: crops={crops!r}")
-    if isinstance(height, int) and isinstance(width, int):
-        tall = height > width
-        return [(0, left) if tall else (top, 0), (top, left),
-                (height - crop[0], left) if tall else (top, width - crop[1])]
     tall = height > width
-    return [(tf.where(tall, 0, top), tf.where(tall, left, 0)), (top, left),
-            (tf.where(tall, height - crop[0], top), tf.where(tall, left, width - crop[1]))]
+    pick = (lambda a, b: a if tall else b) if isinstance(tall, bool) else (lambda a, b: tf.where(tall, a, b))
+    return [(pick(0, top), pick(left, 0)), (top, left), (pick(height - crop[0], top), pick(left, width - crop[1]))]
 
 
 def test_views(frames, crop=CROP, crops=1):

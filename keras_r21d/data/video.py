@@ -185,6 +185,34 @@ def _check_pixels(path, indices, height, width, max_pixels):
                                      "(frames x height x width, at the size they are decoded at)")
 
 
+def _decoded_size(path, frame, size=None, shrink_to=None):
+    """`(height, width)` frames come out at, from the first decoded `frame` (the real one, whatever the header
+    said, checked against `MAX_FRAME_PIXELS`): `size`, else `shrunk_size(..., shrink_to)`."""
+    _check_pixels(path, None, *frame.shape[:2], None)
+    return size or shrunk_size(*frame.shape[:2], shrink_to)
+
+
+def stream_frames(path, shrink_to=None):
+    """Every frame of a video once, in order, as RGB uint8 arrays: a generator that holds one frame.
+
+    The first item is the frame rate (25 when the container gives none).
+    Frames of more than `SHRINK_ABOVE` times the pre-crop size `shrink_to`
+    are shrunk to it as they are read, bilinear, as `decode_clip` does.
+    Raises `VideoDecodeError` naming the file.
+    """
+    with _Capture(path) as cap:
+        yield float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
+        buffer, size = None, None
+        while True:
+            ok, buffer = cap.read(buffer)
+            if not ok or buffer is None:
+                return
+            size = size or _decoded_size(path, buffer, shrink_to=shrink_to)
+            out = np.empty((*size, 3), np.uint8)
+            _to_rgb_into(buffer, out, interpolation=cv2.INTER_LINEAR)
+            yield out
+
+
 def _read_into(cap, indices, size, deadline, path, max_pixels=None, shrink_to=None):
     """Decodes `indices` (`-1`: a black frame) from an open capture into one array.
 
@@ -211,8 +239,7 @@ def _read_into(cap, indices, size, deadline, path, max_pixels=None, shrink_to=No
         if not ok or buffer is None:
             return None
         if out is None:
-            _check_pixels(path, None, *buffer.shape[:2], None)  # the real frame, whatever the header said
-            height, width = size or shrunk_size(*buffer.shape[:2], shrink_to)
+            height, width = _decoded_size(path, buffer, size, shrink_to)
             _check_pixels(path, indices, height, width, max_pixels)
             out = np.zeros((len(indices), height, width, 3), np.uint8)
             interpolation = cv2.INTER_AREA if size else cv2.INTER_LINEAR

@@ -19,7 +19,7 @@ import keras
 from keras_r21d._tensorflow import tf
 from keras_r21d.classes import align_to_model
 from keras_r21d.data.datasets import load_dataset, split_description
-from keras_r21d.data.mixing import LabelMixing, mix_batches, one_hot_batches
+from keras_r21d.data.mixing import LabelMixing, check_soft_targets, mix_batches, one_hot_batches
 from keras_r21d.data.pipeline import BadVideoLog, ClipConfig, eval_dataset, train_dataset
 from keras_r21d.data.service import STALL_TIMEOUT
 from keras_r21d.data.transforms import resize_for_crop
@@ -192,13 +192,7 @@ class TrainConfig:
             raise ValueError(f"`freeze_backbone_epochs` (--freeze-backbone-epochs) must be in [0, epochs="
                              f"{self.epochs}): the network must train for at least one epoch after the head. "
                              f"Received: {self.freeze_backbone_epochs}")
-        if not 0.0 <= float(self.label_smoothing) < 1.0:
-            raise ValueError(f"`label_smoothing` (--label-smoothing) must be in [0, 1). Received: "
-                             f"{self.label_smoothing!r}")
-        for name in ("mixup", "cutmix"):
-            if not float(getattr(self, name)) >= 0.0:
-                raise ValueError(f"`{name}` (--{name}, the Beta distribution's alpha) must be >= 0 (0: off). "
-                                 f"Received: {getattr(self, name)!r}")
+        check_soft_targets(self.label_smoothing, self.mixup, self.cutmix, flags=True)
         if not 0.0 <= float(self.ema) < 1.0:
             raise ValueError(f"`ema` (--ema, the moving average's decay) must be in [0, 1), 0: off. Received: "
                              f"{self.ema!r}")

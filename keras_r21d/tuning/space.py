@@ -64,11 +64,14 @@ class SearchSpace:
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high. Received: {(low, high)}")
+        from keras_r21d.data.mixing import check_soft_targets  # TensorFlow's module: imported when a space is made
+
         for name in SOFT_TARGETS:
             values = tuple(float(v) for v in getattr(self, name))
-            if not values or min(values) < 0.0 or (name == "label_smoothing" and max(values) >= 1.0):
-                raise ValueError(f"`{name}` must be choices in {'[0, 1)' if name == 'label_smoothing' else '>= 0'}. "
-                                 f"Received: {getattr(self, name)!r}")
+            if not values:
+                raise ValueError(f"`{name}` needs at least one value to choose from (0: off)")
+            for value in values:
+                check_soft_targets(**{name: value})
             setattr(self, name, values)
         if not self.variants or not self.depths or not self.frames or not self.width_multipliers:
             raise ValueError("every choice list of the search space needs at least one value")
