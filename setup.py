@@ -40,7 +40,7 @@ setup(
         "jax": ["jax"],
         "torch": ["torch>=2.1"],
         # jax: the core is tested on the JAX backend too (tests/test_backends.py; torch comes from the Makefile).
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hypothesis>=6.100", "jax"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "ruff>=0.6", "hypothesis>=6.100", "jax"],
         # [bayesian] brings scipy and scikit-learn, which keras-tuner's BayesianOptimization needs.
         "tune": ["keras-tuner[bayesian]==1.4.8"],
         # Reading PyTorch checkpoints (keras-r21d convert, the first use of a preset); never needed at run time.
