@@ -50,10 +50,11 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collects no test: that is a failure here.
 # TEST_WORKERS pytest-xdist processes share the files (--dist loadfile: a file's tests and its module fixtures stay
-# in one process); TEST_WORKERS=0 runs them in this process.
+# in one process), the longest files first (tests/conftest.py's LONGEST_FIRST, kept by --no-loadscope-reorder);
+# TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 test: $(STAMP) sysdeps lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 tests
 
 # What a developer runs between edits: everything but the tests marked slow (see pyproject.toml).
 test-fast: $(STAMP) sysdeps lint

@@ -22,8 +22,19 @@ RECIPE = {key: value for key, value in MOTION_RECIPE.items() if key not in ("arc
 
 @pytest.fixture(scope="module")
 def source_run(motion_run):
-    """An R(2+1)D trained on dataset A (4 motion classes; Video@1 well above chance, see test_training)."""
+    """An R(2+1)D trained on dataset A (4 motion classes; Video@1 well above chance, the test below)."""
     return motion_run
+
+
+@pytest.mark.slow
+def test_reaches_clearly_above_chance(motion_run):
+    """A small R(2+1)D learns motion-only classes (two time-reversed pairs) from real videos. (Here, beside the
+    fine-tuning tests that start from the same run: `make test`'s workers each take whole files, so one file
+    trains it once.)"""
+    report = motion_run["report"]
+    chance = 1 / 4
+    assert report["videos"] == 64
+    assert report["video_top1"] >= 1.6 * chance, report
 
 
 def _weights(model):

@@ -203,15 +203,6 @@ def test_compute_metrics_small_case():
     assert m["per_class_video_top1"] == {"a": 0.0, "b": 0.0}
 
 
-@pytest.mark.slow
-def test_reaches_clearly_above_chance(motion_run):
-    """A small R(2+1)D learns motion-only classes (two time-reversed pairs) from real videos."""
-    report = motion_run["report"]
-    chance = 1 / 4
-    assert report["videos"] == 64
-    assert report["video_top1"] >= 1.6 * chance, report
-
-
 def test_best_checkpoint_is_chosen_by_validation_video_accuracy(tmp_path):
     """`best.keras` follows `val_video_accuracy`, not clip accuracy or loss; a resumed callback keeps the best."""
     from keras_r21d.training.callbacks import ResumableCheckpoint, read_state

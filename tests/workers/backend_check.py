@@ -1,13 +1,15 @@
 """The core on another Keras backend, in a process where TensorFlow is not installed.
 
-    KERAS_BACKEND=jax python -S tests/workers/backend_check.py FIXTURES OUT.json   (PYTHONPATH: see the test)
+    KERAS_BACKEND=jax python -S tests/workers/backend_check.py FIXTURES OUT.json [VARIANT,...]
+
+(PYTHONPATH: see the test.)
 
 tests/test_backends.py starts it without the site packages (`-S`) on a copy of them that lacks TensorFlow, so
 `import tensorflow` fails here as it does where TensorFlow is not installed. FIXTURES (written on TensorFlow)
 holds, per variant, `<variant>.weights.h5`, `<variant>.keras` and TensorFlow's outputs and statistics in
 `reference.npz` / `reference.json`. For every variant this process builds the same network, loads the weights
 and the `.keras` file, compares outputs, folds the BatchNorms, takes two training steps and saves a `.keras`
-file of its own for TensorFlow to read back.
+file of its own for TensorFlow to read back (every variant, or the comma-separated ones named).
 """
 
 import importlib.util
@@ -17,6 +19,7 @@ import sys
 
 if __name__ == "__main__":
     fixtures, out_path = sys.argv[1], sys.argv[2]
+    only = sys.argv[3].split(",") if len(sys.argv) > 3 else None
     import keras
     import numpy as np
 
@@ -29,6 +32,8 @@ if __name__ == "__main__":
     clips, labels = arrays["clips"], arrays["labels"]
     results = {"backend": keras.backend.backend(), "variants": {}}
     for variant, facts in reference["variants"].items():
+        if only is not None and variant not in only:
+            continue
         keras.utils.set_random_seed(1)
         model = keras_r21d.get_model(f"{variant}_{facts['depth']}", **facts["kwargs"])
         model.load_weights(os.path.join(fixtures, f"{variant}.weights.h5"))
