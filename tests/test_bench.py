@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from keras_r21d.bench import markdown, side_name, torch_available
+from keras_r21d.bench import fastest_backend, markdown, ratio_key, side_name, torch_available
 
 pytestmark = pytest.mark.slow  # subprocess trainings and long loops: make test, not make test-fast
 
@@ -65,10 +65,39 @@ def test_bench_runs_keras_r21d_on_the_other_backends(tmp_path):
         for name in sides:
             assert row[name]["clips_per_s"] == row["batch"] / row[name]["median_s"] > 0
     assert result.stdout == markdown(data) and "keras_r21d clips/s" not in result.stdout  # no TensorFlow column
+    if len(backends) > 1:  # each row names the backend that ran it fastest, and the table says so in one line
+        for row in data["rows"]:
+            best = max(sides, key=lambda name: row[name]["clips_per_s"])
+            assert row["fastest_backend"] == fastest_backend(row) == ("jax" if best.endswith("jax") else "torch")
+        assert "Fastest Keras backend for keras_r21d here: r3d_10 infer 1: " in result.stdout
     if "jax" in backends:
         assert "keras_r21d (JAX) clips/s" in result.stdout and f"JAX {data['machine']['jax']}" in result.stdout
     if "torch" in backends:
         assert "keras_r21d (torch) clips/s" in result.stdout
+
+
+def test_the_table_names_the_fastest_backend_of_each_row():
+    """What the AVX2 machine of BENCHMARKS.md measured (R3D-18 and R(2+1)D-18 training at batch 4): the line says
+    which backend to train each network on there, with its speed against torchvision."""
+    def side(clips_per_s):
+        return {"median_s": 4 / clips_per_s, "clips_per_s": clips_per_s, "gflops_per_s": 1.0, "peak_fraction": 0.5}
+
+    rows = []
+    for model, speeds in (("r3d_18", (0.23, 0.12, 0.36, 0.44)), ("r2plus1d_18", (0.31, 0.09, 0.18, 0.27))):
+        row = {"model": model, "mode": "train", "batch": 4}
+        for name, speed in zip(("keras_r21d", "keras_r21d_jax", "keras_r21d_torch", "torchvision"), speeds):
+            row[name] = side(speed)
+            if name != "torchvision":
+                row[ratio_key(name)] = speed / speeds[-1]
+        row["fastest_backend"] = fastest_backend(row)
+        rows.append(row)
+    assert [row["fastest_backend"] for row in rows] == ["torch", "tensorflow"]
+    result = {"machine": {"processor": "x86_64", "cpus": 2, "threads": 2, "keras": "3", "tensorflow": "2",
+                          "jax": "0", "torch": "2", "torchvision": "0"},
+              "settings": {"frames": 16, "size": 112, "reps": 3, "warmup": 1, "fold_batchnorm": True,
+                           "backends": ["tensorflow", "jax", "torch"]}, "peak_gflops": 170.0, "rows": rows}
+    assert ("Fastest Keras backend for keras_r21d here: r3d_18 train 4: torch (0.36 clips/s, 0.82x torchvision); "
+            "r2plus1d_18 train 4: tensorflow (0.31 clips/s, 1.15x torchvision)") in markdown(result)
 
 
 def test_profile_ops_reports_both_sides_by_category():

@@ -75,6 +75,11 @@ def torchvision_worker(threads):
     return Worker([sys.executable, script, str(threads)], "torch")
 
 
+def side_backend(name):
+    """The Keras backend of a keras_r21d column (`side_name`'s inverse)."""
+    return "tensorflow" if name == "keras_r21d" else name.rsplit("_", 1)[1]
+
+
 def ratio_key(name):
     """The row key of a keras_r21d column's speed over torchvision's: `ratio` (TensorFlow), `ratio_jax`, ..."""
     return "ratio" if name == "keras_r21d" else f"ratio_{name.rsplit('_', 1)[1]}"
@@ -90,6 +95,8 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
     `fold_batchnorm(model)` (what its exports and `predict` run) unless
     `fold_batchnorm=False`; torchvision's time the model in eval mode, as it
     ships. All the workers of a row alternate repetition by repetition.
+    With several backends each row also names its `fastest_backend`, and
+    `markdown` prints them in one line.
     """
     unknown = [backend for backend in backends if backend not in BACKENDS]
     if unknown or not backends:
@@ -133,6 +140,8 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
                 if with_torch:
                     for name, _ in sides[:-1]:
                         row[ratio_key(name)] = row[name]["clips_per_s"] / row["torchvision"]["clips_per_s"]
+                if len(backends) > 1:
+                    row["fastest_backend"] = fastest_backend(row)
                 result["rows"].append(row)
                 log(_row_text(row))
     finally:
@@ -169,6 +178,12 @@ def _memory(threads, frames, size, with_torch):
 
 def _sides(row):
     return [name for name in row if name == "torchvision" or name.startswith("keras_r21d")]
+
+
+def fastest_backend(row):
+    """The Keras backend whose keras_r21d column ran this row fastest (clips/s)."""
+    return side_backend(max((name for name in _sides(row) if name != "torchvision"),
+                            key=lambda name: row[name]["clips_per_s"]))
 
 
 def _row_text(row):
@@ -208,6 +223,13 @@ def markdown(result):
         header += "".join(f" {_TITLES[name]} / torchvision |" for name in sides if name != "torchvision")
         rule += "---:|" * (len(sides) - 1)
     lines += [header, rule] + [_row_text(row) for row in result["rows"]]
+    fastest = [row for row in result["rows"] if "fastest_backend" in row]
+    if fastest:  # with several backends: which one to run this network on, on this machine
+        lines += ["", "Fastest Keras backend for keras_r21d here: " + "; ".join(
+            f"{row['model']} {row['mode']} {row['batch']}: {row['fastest_backend']} "
+            f"({row[side_name(row['fastest_backend'])]['clips_per_s']:.2f} clips/s"
+            + (f", {row[ratio_key(side_name(row['fastest_backend']))]:.2f}x torchvision)" if "torchvision" in row
+               else ")") for row in fastest)]
     if "memory" in result:
         lines += ["", "Peak RSS, R(2+1)D-18 training step at batch 8 (MB): "
                   + ", ".join(f"{k} {v}" for k, v in result["memory"].items())]
