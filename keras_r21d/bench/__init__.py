@@ -82,7 +82,7 @@ def side_backend(name):
 
 def ratio_key(name):
     """The row key of a keras_r21d column's speed over torchvision's: `ratio` (TensorFlow), `ratio_jax`, ..."""
-    return "ratio" if name == "keras_r21d" else f"ratio_{name.rsplit('_', 1)[1]}"
+    return "ratio" if name == "keras_r21d" else f"ratio_{side_backend(name)}"
 
 
 def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size=112, with_torch=None,
@@ -201,6 +201,14 @@ _TITLES = {"keras_r21d": "keras_r21d", "keras_r21d_jax": "keras_r21d (JAX)", "ke
            "torchvision": "torchvision"}
 
 
+def _fastest_text(row):
+    name = side_name(row["fastest_backend"])
+    speed = f"{row[name]['clips_per_s']:.2f} clips/s"
+    if "torchvision" in row:
+        speed += f", {row[ratio_key(name)]:.2f}x torchvision"
+    return f"{row['model']} {row['mode']} {row['batch']}: {row['fastest_backend']} ({speed})"
+
+
 def markdown(result):
     sides = _sides(result["rows"][0]) if result["rows"] else ["keras_r21d"]
     torch_side = "torchvision" in sides
@@ -223,13 +231,9 @@ def markdown(result):
         header += "".join(f" {_TITLES[name]} / torchvision |" for name in sides if name != "torchvision")
         rule += "---:|" * (len(sides) - 1)
     lines += [header, rule] + [_row_text(row) for row in result["rows"]]
-    fastest = [row for row in result["rows"] if "fastest_backend" in row]
+    fastest = [_fastest_text(row) for row in result["rows"] if "fastest_backend" in row]
     if fastest:  # with several backends: which one to run this network on, on this machine
-        lines += ["", "Fastest Keras backend for keras_r21d here: " + "; ".join(
-            f"{row['model']} {row['mode']} {row['batch']}: {row['fastest_backend']} "
-            f"({row[side_name(row['fastest_backend'])]['clips_per_s']:.2f} clips/s"
-            + (f", {row[ratio_key(side_name(row['fastest_backend']))]:.2f}x torchvision)" if "torchvision" in row
-               else ")") for row in fastest)]
+        lines += ["", "Fastest Keras backend for keras_r21d here: " + "; ".join(fastest)]
     if "memory" in result:
         lines += ["", "Peak RSS, R(2+1)D-18 training step at batch 8 (MB): "
                   + ", ".join(f"{k} {v}" for k, v in result["memory"].items())]
