@@ -120,6 +120,18 @@ def test_every_variant_on_another_backend_without_tensorflow(fixtures, without_t
     # The .keras files 0.1.0 wrote (tests/data/v0_1_0/models) give 0.1.0's outputs on this backend, as loaded and
     # read back as tasks (models.legacy).
     assert len(found["old_files"]) == 9 and max(found["old_files"].values()) <= 1e-4, found["old_files"]
+    if backend == "torch":
+        # The layers' own torch training kernels (torch's batch norm on the channels-last view, convolutions
+        # without Keras' copies) give Keras' outputs, gradients and moving averages.
+        kernels = found["torch_kernels"]
+        assert len(kernels["batchnorm"]) == 3 and len(kernels["conv"]) == 8, kernels
+        for case in kernels["batchnorm"]:
+            assert case["kernel_calls"] == [0, 2], case  # Keras' layer runs its own code; ours the fused kernel
+            assert case["diff"] <= 1e-5 and case["moving_diff"] <= 1e-5 and case["infer_diff"] <= 1e-5, case
+        assert {case["lowering"] for case in kernels["conv"]} == {"conv3d", "im2col", "shifted", "spatial",
+                                                                   "temporal"}
+        for case in kernels["conv"]:
+            assert case["diff"] <= 1e-5 and case["contiguous"], case
     # The input pipeline (and training, export, serving) say what to install, in one line.
     assert "need TensorFlow, which is not installed here: pip install 'keras_r21d[cpu]'" in found["pipeline_error"]
     assert found["cli_train"]["code"] == 2

@@ -12,7 +12,10 @@ the before of `BatchNormalization`'s fused call), `keep_pad` (padded strided
 convolutions keep their padded input for the backward pass instead of
 padding again), `autotune` and
 `folded_autotune` (each full 3D kernel's lowering measured first by
-`keras_r21d.layers.autotune_lowering`, at the bench's batch and mode); CONFIGS is
+`keras_r21d.layers.autotune_lowering`, at the bench's batch and mode),
+`torch` (the package on `KERAS_BACKEND=torch`) and `torch_keras_ops` (the
+same with Keras' own `ops.conv` and BatchNormalization code, the before of
+the layers' torch kernels); CONFIGS is
 a comma-separated subset. SHAPE is `FRAMESxSIZE[xWIDTH_MULTIPLIER]`
 (default `16x112x1`), e.g. the small networks of `make demo` and
 `keras-r21d study`:
@@ -21,6 +24,7 @@ a comma-separated subset. SHAPE is `FRAMESxSIZE[xWIDTH_MULTIPLIER]`
     python tools/bench_settings.py r3d_18 train 4 default,onednn_off
     python tools/bench_settings.py r3d_10 train 16 default,conv2d 8x48x0.25
     python tools/bench_settings.py r2plus1d_18 infer 1 default,folded
+    python tools/bench_settings.py r3d_18 train 4 torch,torch_keras_ops
 """
 
 import os
@@ -34,6 +38,9 @@ from keras_r21d.bench import Worker  # noqa: E402
 CONFIGS = {  # name: (environment, setup arguments)
     "default": ({}, {}),
     "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, {}),
+    "onednn_on": ({"TF_ENABLE_ONEDNN_OPTS": "1"}, {}),
+    "folded_onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, {"fold_batchnorm": True}),
+    "folded_onednn_on": ({"TF_ENABLE_ONEDNN_OPTS": "1"}, {"fold_batchnorm": True}),
     "conv3d": ({}, {"implementation": "conv3d"}),
     "conv2d": ({}, {"implementation": "conv2d"}),
     "folded": ({}, {"fold_batchnorm": True}),
@@ -43,6 +50,8 @@ CONFIGS = {  # name: (environment, setup arguments)
     "keep_pad": ({}, {"keep_pad": True}),
     "autotune": ({}, {"autotune_lowering": True}),
     "folded_autotune": ({}, {"fold_batchnorm": True, "autotune_lowering": True}),
+    "torch": ({"KERAS_BACKEND": "torch"}, {}),
+    "torch_keras_ops": ({"KERAS_BACKEND": "torch"}, {"plain_batchnorm": True, "keras_conv": True}),
 }
 
 

@@ -149,6 +149,8 @@ def main(threads):
         fused.call = keras.layers.BatchNormalization.call if command.get("plain_batchnorm") else fused_call
         # `keep_pad`: the plain gradient of `Pad` and a valid convolution (the before of `_padded_conv`).
         keras_r21d.layers.video_conv.RECOMPUTE_PAD = not command.get("keep_pad")
+        # `keras_conv`: Keras' own `ops.conv` on torch (the before of `_torch_conv`).
+        keras_r21d.layers.video_conv.DIRECT_TORCH_CONV = not command.get("keras_conv")
         shape = (command["frames"], command["size"], command["size"], 3)
         model = keras_r21d.get_model(command["model"], input_shape=shape, classes=400, midplanes="torchvision",
                                      implementation=command.get("implementation", "auto"),

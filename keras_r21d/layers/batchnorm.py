@@ -1,4 +1,4 @@
-"""`BatchNormalization`: Keras' `BatchNormalization` whose training step runs as one fused kernel."""
+"""`BatchNormalization`: Keras' `BatchNormalization` whose training step runs one fused kernel (TensorFlow, torch)."""
 
 import keras
 
@@ -11,8 +11,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
     the same class name, which Keras' file format uses for the weights' paths
     inside a model's list of layers: a `.keras` file saved with one loads
     into the other, converted weights are unchanged, and inference (and
-    every other backend) runs Keras' own code.
-    What differs is the training call on the TensorFlow backend: Keras runs
+    the JAX backend) runs Keras' own code.
+    What differs is the training call on the TensorFlow and torch backends.
+    On TensorFlow, Keras runs
     BatchNorm there as separate element-wise ops (mean, squared difference,
     multiply, ... and the broadcasts of their gradients), about 1.4 s of a
     10-s R(2+1)D-18 step on a CPU; this layer runs TensorFlow's fused batch
@@ -22,10 +23,16 @@ class BatchNormalization(keras.layers.BatchNormalization):
     moving averages follow Keras' rule, `moving = moving * momentum + batch *
     (1 - momentum)`, with the biased batch variance as Keras uses (the fused
     kernel's unbiased one times `(n - 1) / n`).
+    On the torch backend the training call runs torch's batch norm kernel
+    (`torch.nn.functional.batch_norm`, one kernel each way) on the
+    channels-first view of the clip, whose strides are PyTorch's
+    channels-last format, so nothing is copied; the moving averages follow
+    the same rule.
 
-    Falls back to Keras' code where the fused kernel does not apply: other
-    backends, a mask, `synchronized=True`, `renorm`, a channel axis other
-    than the last, or inputs of rank other than 4 or 5.
+    Falls back to Keras' code where the fused kernel does not apply: the JAX
+    backend (whose compiler fuses Keras' ops itself), a mask,
+    `synchronized=True`, `renorm`, a channel axis other than the last, inputs
+    of rank other than 4 or 5, or (torch) a single value per channel.
 
     Example:
 
@@ -42,11 +49,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return super().call(inputs, training=training, mask=mask)
 
     def _fusable(self, inputs):
-        return (keras.backend.backend() == "tensorflow" and len(inputs.shape) in (4, 5)
+        return (keras.backend.backend() in ("tensorflow", "torch") and len(inputs.shape) in (4, 5)
                 and self.axis in (-1, len(inputs.shape) - 1) and not self.renorm
                 and not self.synchronized)
 
     def _fused_training_call(self, inputs):
+        if keras.backend.backend() == "torch":
+            return self._torch_training_call(inputs)
         import tensorflow as tf
 
         x = tf.cast(inputs, "float32")  # as Keras' layer: statistics in float32 whatever the policy
@@ -66,3 +75,33 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.moving_variance.assign(
             tf.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum))
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
+
+    def _torch_training_call(self, inputs):
+        import torch
+
+        x = keras.ops.convert_to_tensor(inputs)
+        channels = x.shape[-1]
+        count = x.numel() // channels
+        if count < 2:  # torch's kernel needs two values per channel; Keras' code gives variance 0
+            return super().call(inputs, training=True)
+        x = x.float()  # as Keras' layer: statistics in float32 whatever the policy
+        rank = x.ndim
+        # The channels-first view of a contiguous channels-last tensor has
+        # PyTorch's channels-last strides, which its batch norm kernel reads
+        # as they are; the output's channels-last view is contiguous again.
+        xt = x.permute(0, rank - 1, *range(1, rank - 1))
+        gamma = keras.ops.convert_to_tensor(self.gamma).float() if self.scale else None
+        beta = keras.ops.convert_to_tensor(self.beta).float() if self.center else None
+        # With momentum 1 the kernel writes the batch mean and unbiased variance into these buffers.
+        mean = torch.zeros(channels, dtype=torch.float32, device=x.device)
+        unbiased = torch.ones(channels, dtype=torch.float32, device=x.device)
+        outputs = torch.nn.functional.batch_norm(xt, mean, unbiased, gamma, beta, training=True, momentum=1.0,
+                                                 eps=self.epsilon)
+        variance = unbiased * ((count - 1) / count)
+        momentum = self.momentum
+        self.moving_mean.assign(
+            keras.ops.convert_to_tensor(self.moving_mean).float() * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(
+            keras.ops.convert_to_tensor(self.moving_variance).float() * momentum + variance * (1.0 - momentum))
+        outputs = outputs.permute(0, *range(2, rank), 1)
+        return keras.ops.cast(outputs, self.compute_dtype)

@@ -13,6 +13,10 @@ IMPLEMENTATIONS = ("auto", "conv2d", "conv3d", "shifted")
 # Off only to measure the difference (`tools/bench_settings.py`'s `keep_pad`).
 RECOMPUTE_PAD = True
 
+# Whether the torch backend convolves through `_torch_conv` (no copies) instead of Keras' `ops.conv`.
+# Off only to measure the difference (`tools/bench_settings.py`'s `torch_keras_ops`).
+DIRECT_TORCH_CONV = True
+
 
 def check_implementation(implementation):
     """Raises a `ValueError` naming the choices unless `implementation` is one of `IMPLEMENTATIONS`."""
@@ -303,6 +307,8 @@ class VideoConv(keras.layers.Layer):
 
         (`_shifted`'s taps call it directly: their sum takes the bias.)
         """
+        if DIRECT_TORCH_CONV and keras.backend.backend() == "torch":
+            return _torch_conv(x, kernel, strides, pad)
         if self._same(kernel.shape[:-2], strides, pad):
             return ops.conv(x, kernel, strides=1, padding="same")
         if not any(pad):
@@ -383,3 +389,28 @@ def _padded_conv(x, kernel, strides, pad):
         return conv(tf.pad(x, paddings), kernel, strides, "VALID"), gradient
 
     return padded_conv(x, tf.cast(kernel, x.dtype))
+
+
+def _torch_conv(x, kernel, strides, pad):
+    """torch: a 2D or 3D convolution of channels-last `x` with symmetric padding `pad`, without copies.
+
+    Keras' `ops.conv` on torch copies its input twice per call: to
+    channels-first (`permute(...).contiguous()`), then back to the
+    channels-last memory format for oneDNN, and autograd copies the
+    gradient back the same two ways. The channels-first view of a
+    contiguous `(N, [T,] H, W, C)` tensor already has PyTorch's
+    channels-last strides, which its oneDNN convolution takes as they are,
+    and the output's channels-last view is again contiguous: no copy, and
+    the padding is the convolution's own (no `Pad` copy either).
+    """
+    import torch
+
+    x = ops.convert_to_tensor(x)
+    kernel = ops.convert_to_tensor(kernel)
+    spatial = x.ndim - 2
+    conv = torch.nn.functional.conv2d if spatial == 2 else torch.nn.functional.conv3d
+    # (..., in, out) -> (out, in, ...): the layout torch's kernels take.
+    weight = kernel.to(x.dtype).permute(spatial + 1, spatial, *range(spatial))
+    weight = weight.contiguous(memory_format=torch.channels_last if spatial == 2 else torch.channels_last_3d)
+    y = conv(x.permute(0, spatial + 1, *range(1, spatial + 1)), weight, stride=tuple(strides), padding=tuple(pad))
+    return y.permute(0, *range(2, spatial + 2), 1)

@@ -17,6 +17,89 @@ import json
 import os
 import sys
 
+
+def torch_kernels():
+    """torch: the layers' own training kernels against Keras' code, outputs and gradients.
+
+    `keras_r21d.layers.BatchNormalization` trains with torch's batch norm kernel on the channels-last view, and
+    `VideoConv` convolves that view without Keras' copies (`_torch_conv`). Each is run beside Keras' own code with
+    the same weights: outputs, the gradients of the input and the weights, and the moving averages.
+    """
+    import keras
+    import numpy as np
+    import torch
+
+    from keras_r21d.layers import BatchNormalization, VideoConv
+
+    rng = np.random.default_rng(0)
+    found = {"batchnorm": [], "conv": []}
+    calls = []
+    batch_norm = torch.nn.functional.batch_norm
+
+    def counting_batch_norm(*args, **kwargs):
+        calls.append(1)
+        return batch_norm(*args, **kwargs)
+
+    torch.nn.functional.batch_norm = counting_batch_norm
+
+    def weighted_sum(y):  # a loss whose gradient differs element by element
+        weights = torch.sin(torch.arange(y.numel(), dtype=torch.float32)).reshape(y.shape)
+        return (y.float() * weights).sum()
+
+    for shape, epsilon, policy in (((2, 3, 6, 5, 4), 1e-3, "float32"), ((3, 5, 7, 8), 1e-5, "float32"),
+                                   ((2, 3, 6, 5, 4), 1e-3, "mixed_bfloat16")):
+        x = rng.normal(2.0, 3.0, shape).astype("float32")
+        layers = [cls(epsilon=epsilon, momentum=0.8, dtype=policy)
+                  for cls in (keras.layers.BatchNormalization, BatchNormalization)]
+        weights = [rng.normal(1, 0.2, shape[-1]), rng.normal(0, 0.2, shape[-1]),
+                   rng.normal(0, 0.1, shape[-1]), rng.uniform(0.5, 2, shape[-1])]
+        seen = []
+        for layer in layers:
+            layer.build(shape)
+            layer.set_weights(weights)
+            before = len(calls)
+            steps = []
+            for step in range(2):
+                xt = torch.tensor(x * (step + 1), requires_grad=True)
+                y = layer(xt, training=True)
+                grads = torch.autograd.grad(weighted_sum(y), [xt, layer.gamma.value, layer.beta.value])
+                steps.append([y.detach().float().numpy(), *[g.numpy() for g in grads]])
+            infer = keras.ops.convert_to_numpy(layer(x, training=False)).astype("float32")
+            seen.append((steps, layer.get_weights(), infer, len(calls) - before))
+        (plain, plain_weights, plain_infer, plain_calls), (own, own_weights, own_infer, own_calls) = seen
+        found["batchnorm"].append({
+            "shape": shape, "policy": policy, "kernel_calls": [plain_calls, own_calls],
+            "diff": max(float(np.abs(b - a).max() / (1 + np.abs(a).max())) for sa, sb in zip(plain, own)
+                        for a, b in zip(sa, sb)),
+            "moving_diff": max(float(np.abs(b - a).max()) for a, b in zip(plain_weights, own_weights)),
+            "infer_diff": float(np.abs(own_infer - plain_infer).max())})
+    torch.nn.functional.batch_norm = batch_norm
+    # Kernel, strides, padding, lowering: full kernels (3D, im2col, shifted taps), the stem, R(2+1)D's spatial and
+    # temporal halves, a strided shortcut.
+    for kernel, strides, padding, implementation in (((3, 3, 3), 1, None, "conv3d"), ((3, 3, 3), 2, None, "conv3d"),
+                                                     ((3, 7, 7), (1, 2, 2), (1, 3, 3), "conv3d"),
+                                                     ((3, 3, 3), 2, None, "conv2d"), ((3, 3, 3), 1, None, "shifted"),
+                                                     ((1, 3, 3), (1, 2, 2), None, "auto"),
+                                                     ((3, 1, 1), (2, 1, 1), None, "auto"),
+                                                     ((1, 1, 1), 2, (0, 0, 0), "auto")):
+        layer = VideoConv(6, kernel, strides=strides, padding=padding, implementation=implementation)
+        x = torch.tensor(rng.normal(size=(2, 5, 9, 8, 4)).astype("float32"), requires_grad=True)
+        y = layer(x, training=True)
+        grads = torch.autograd.grad(weighted_sum(y), [x, layer.kernel.value])
+        # Keras' own convolution of the zero-padded clip, the same kernel.
+        xr = torch.tensor(x.detach().numpy(), requires_grad=True)
+        padded = keras.ops.pad(xr, [[0, 0], *[[p, p] for p in layer.padding], [0, 0]])
+        yr = keras.ops.conv(padded, layer.kernel.value, strides=layer.strides, padding="valid")
+        ref_grads = torch.autograd.grad(weighted_sum(yr), [xr, layer.kernel.value])
+        pairs = [(a.detach().numpy(), b.detach().numpy()) for a, b in zip([y, *grads], [yr, *ref_grads])]
+        relative = [float(np.abs(a - b).max() / (1 + np.abs(b).max())) for a, b in pairs]
+        found["conv"].append({
+            "kernel": kernel, "strides": strides, "lowering": layer.lowering_for(True), "shape": list(y.shape),
+            "contiguous": bool(y.is_contiguous()),
+            "diff": max(relative)})
+    return found
+
+
 if __name__ == "__main__":
     fixtures, out_path = sys.argv[1], sys.argv[2]
     only = sys.argv[3].split(",") if len(sys.argv) > 3 else None
@@ -98,6 +181,8 @@ if __name__ == "__main__":
         "diff": float(np.abs(after - before).max()), "losses": losses,
     }
     clear_lowering()
+    if keras.backend.backend() == "torch":
+        results["torch_kernels"] = torch_kernels()
     # What needs TensorFlow says so, in one line naming the extra to install.
     try:
         import keras_r21d.data.pipeline  # noqa: F401
