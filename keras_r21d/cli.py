@@ -57,6 +57,16 @@ def _quiet_start(verbose):
     warnings.filterwarnings("ignore", module=r"(keras|tensorflow|absl)(\.|$)")
 
 
+def _onednn_for(arch):
+    """TensorFlow's oneDNN kernels on for a network with full 3D kernels (`keras_r21d.onednn`), said in one line."""
+    from keras_r21d.models.specs import VARIANTS
+    from keras_r21d.onednn import VARIABLE, prefer_onednn
+
+    if prefer_onednn(arch):
+        print(f"TensorFlow's oneDNN CPU kernels: on for {VARIANTS[arch][0]}'s 3D convolutions ({VARIABLE}=0 to "
+              "leave TensorFlow's own choice)", flush=True)
+
+
 def _one_line_warnings(command):
     """Warnings (the package's own: a class pairing by position, a batch larger than the data) as one line each."""
     import warnings
@@ -916,6 +926,8 @@ def main(argv=None):
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train":
+        _onednn_for(args.arch)
     _quiet_start(args.verbose)
     _one_line_warnings(args.command)
     from keras_r21d.errors import ExportError, ResumeError

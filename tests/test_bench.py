@@ -44,6 +44,22 @@ def test_bench_runs_both_sides_and_reports(tmp_path):
     assert result.stdout == markdown(data)
     assert "| r2plus1d_18 | train | 1 |" in result.stdout and "Input pipeline:" in result.stdout
     assert data["settings"]["fold_batchnorm"] is True and "with BatchNorm folded" in result.stdout
+    # Whether TensorFlow ran oneDNN's kernels (TensorFlow's choice for the processor, or TF_ENABLE_ONEDNN_OPTS).
+    onednn = data["machine"]["onednn"]
+    assert isinstance(onednn, bool) and f"TensorFlow's oneDNN kernels {'on' if onednn else 'off'}" in result.stdout
+
+
+def test_the_bench_worker_reports_the_users_onednn_choice():
+    """`TF_ENABLE_ONEDNN_OPTS` set by the user is what the worker reports (unset: TensorFlow's own choice for the
+    processor, which 2.21 leaves off on AVX2-only CPUs)."""
+    script = "from keras_r21d.onednn import onednn_enabled; print(onednn_enabled())"
+    found = {}
+    for value in ("0", "1"):
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": value, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        found[value] = result.stdout.split()[-1]
+    assert found == {"0": "False", "1": "True"}
 
 
 def test_bench_runs_keras_r21d_on_the_other_backends(tmp_path):
@@ -93,11 +109,12 @@ def test_the_table_names_the_fastest_backend_of_each_row():
         rows.append(row)
     assert [row["fastest_backend"] for row in rows] == ["torch", "tensorflow"]
     result = {"machine": {"processor": "x86_64", "cpus": 2, "threads": 2, "keras": "3", "tensorflow": "2",
-                          "jax": "0", "torch": "2", "torchvision": "0"},
+                          "onednn": False, "jax": "0", "torch": "2", "torchvision": "0"},
               "settings": {"frames": 16, "size": 112, "reps": 3, "warmup": 1, "fold_batchnorm": True,
                            "backends": ["tensorflow", "jax", "torch"]}, "peak_gflops": 170.0, "rows": rows}
     assert ("Fastest Keras backend for keras_r21d here: r3d_18 train 4: torch (0.36 clips/s, 0.82x torchvision); "
             "r2plus1d_18 train 4: tensorflow (0.31 clips/s, 1.15x torchvision)") in markdown(result)
+    assert "; TensorFlow's oneDNN kernels off; torchvision 0 on PyTorch 2;" in markdown(result)
 
 
 def test_profile_ops_reports_both_sides_by_category():

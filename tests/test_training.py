@@ -184,6 +184,9 @@ def test_video_accuracy_equals_the_clip_average_by_hand(tiny_data, tmp_path):
     run = json.load(open(tmp_path / "run" / "run.json"))
     assert run["status"] == "done" and run["results"]["video_top1"] == report["video_top1"]
     assert run["versions"]["keras"] == keras.__version__
+    from keras_r21d.onednn import onednn_enabled  # whether TensorFlow's oneDNN kernels ran, as the process had it
+
+    assert run["versions"]["tensorflow_onednn"] is onednn_enabled() and isinstance(onednn_enabled(), bool)
     for name in ["loss.png", "error.png", "learning_rate.png", "eval/confusion_matrix.png", "eval/report.json",
                  "history.csv", "checkpoints/best.keras", "model.keras"]:
         assert os.path.getsize(tmp_path / "run" / name) > 0, name

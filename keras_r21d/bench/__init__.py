@@ -216,6 +216,8 @@ def markdown(result):
     backends = result["settings"].get("backends", ["tensorflow"])
     versions = [f"Keras {machine.get('keras')} on "
                 + ", ".join(f"{_BACKEND_TITLES[backend]} {machine.get(backend)}" for backend in backends)]
+    if machine.get("onednn") is not None:  # TensorFlow's CPU kernels: about 2x on full 3D convolutions on AVX2
+        versions.append(f"TensorFlow's oneDNN kernels {'on' if machine['onednn'] else 'off'}")
     if torch_side:
         versions.append(f"torchvision {machine.get('torchvision')} on PyTorch {machine.get('torch')}")
     lines = [f"{machine['processor']}, {machine['cpus']} CPUs, {machine['threads']} threads each side; "

@@ -193,6 +193,9 @@ def main(threads):
         import tensorflow as tf
 
         versions["tensorflow"] = tf.__version__
+        from keras_r21d.onednn import onednn_enabled
+
+        versions["onednn"] = onednn_enabled()
     else:
         versions[backend] = __import__(backend).__version__
     extra = {"pipeline": _pipeline} if backend == "tensorflow" else {}

@@ -225,8 +225,11 @@ class TrainConfig:
 def versions():
     import cv2
 
+    from keras_r21d.onednn import onednn_enabled
+
     return {"keras_r21d": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "opencv": cv2.__version__, "python": platform.python_version()}
+            "opencv": cv2.__version__, "python": platform.python_version(),
+            "tensorflow_onednn": onednn_enabled()}
 
 
 def _new_model(config, class_names):
