@@ -13,8 +13,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     into the other, converted weights are unchanged, and inference (and
     the JAX backend) runs Keras' own code.
     What differs is the training call on the TensorFlow and torch backends.
-    On TensorFlow, Keras runs
-    BatchNorm there as separate element-wise ops (mean, squared difference,
+    On TensorFlow, Keras runs BatchNorm as separate element-wise ops (mean, squared difference,
     multiply, ... and the broadcasts of their gradients), about 1.4 s of a
     10-s R(2+1)D-18 step on a CPU; this layer runs TensorFlow's fused batch
     norm (`FusedBatchNormV3`, one kernel forward and one backward) on the
