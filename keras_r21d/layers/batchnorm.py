@@ -52,6 +52,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 and self.axis in (-1, len(inputs.shape) - 1) and not self.renorm
                 and not self.synchronized)
 
+    def _update_moving_averages(self, mean, variance):
+        """Keras' rule, `moving = moving * momentum + batch * (1 - momentum)`, in float32, for both fused calls."""
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(keras.ops.cast(moving, "float32") * self.momentum + batch * (1.0 - self.momentum))
+
     def _fused_training_call(self, inputs):
         if keras.backend.backend() == "torch":
             return self._torch_training_call(inputs)
@@ -68,11 +73,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             x=flat, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
             exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
         count = tf.cast(tf.size(flat) // channels, "float32")
-        variance = unbiased * (tf.maximum(count - 1.0, 0.0) / count)
-        momentum = self.momentum
-        self.moving_mean.assign(tf.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum))
-        self.moving_variance.assign(
-            tf.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum))
+        self._update_moving_averages(mean, unbiased * (tf.maximum(count - 1.0, 0.0) / count))
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
 
     def _torch_training_call(self, inputs):
@@ -96,11 +97,6 @@ class BatchNormalization(keras.layers.BatchNormalization):
         unbiased = torch.ones(channels, dtype=torch.float32, device=x.device)
         outputs = torch.nn.functional.batch_norm(xt, mean, unbiased, gamma, beta, training=True, momentum=1.0,
                                                  eps=self.epsilon)
-        variance = unbiased * ((count - 1) / count)
-        momentum = self.momentum
-        self.moving_mean.assign(
-            keras.ops.convert_to_tensor(self.moving_mean).float() * momentum + mean * (1.0 - momentum))
-        self.moving_variance.assign(
-            keras.ops.convert_to_tensor(self.moving_variance).float() * momentum + variance * (1.0 - momentum))
+        self._update_moving_averages(mean, unbiased * ((count - 1) / count))
         outputs = outputs.permute(0, *range(2, rank), 1)
         return keras.ops.cast(outputs, self.compute_dtype)
