@@ -1,3 +1,8 @@
+import functools
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -297,25 +302,20 @@ def test_padded_strided_conv_trains_as_the_reference(kernel, strides, implementa
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,strides,conv", [((1, 3, 3), (1, 2, 2), "Conv2D"), ((3, 1, 1), (2, 1, 1), "Conv2D"),
-                                                 ((3, 3, 3), (2, 2, 2), "Conv3D")])
-def test_padded_strided_conv_does_not_keep_its_padded_input(kernel, strides, conv):
-    """Training, a padded strided conv's kernel gradient reads a second `Pad` of the input, made in the backward
-    pass, not the forward conv's padded copy (which would stay alive between the two passes: 200-420 MB of an
-    R(2+1)D-18 step at batch 8), also after Grappler's optimizations, which merge identical ops; inference keeps
-    one `Pad`."""
+def _optimized_graph(fn, shape):
+    """The nodes of `fn`'s graph on a float32 input of `shape`, after Grappler's optimizations, by name."""
     import tensorflow as tf
     from tensorflow.python.grappler import tf_optimizer
 
-    layer = VideoConv(5, kernel, strides=strides)
-    layer.build((2, 4, 8, 8, 3))
+    concrete = tf.function(fn).get_concrete_function(tf.TensorSpec(shape))
+    with concrete.graph.as_default():
+        meta = tf.compat.v1.train.export_meta_graph(graph_def=concrete.graph.as_graph_def())
+    meta.collection_def["train_op"].node_list.value.extend(t.name for t in concrete.outputs)
+    return {node.name: node for node in tf_optimizer.OptimizeGraph(tf.compat.v1.ConfigProto(), meta).node}
 
-    def optimized(fn):
-        concrete = tf.function(fn).get_concrete_function(tf.TensorSpec((2, 4, 8, 8, 3)))
-        with concrete.graph.as_default():
-            meta = tf.compat.v1.train.export_meta_graph(graph_def=concrete.graph.as_graph_def())
-        meta.collection_def["train_op"].node_list.value.extend(t.name for t in concrete.outputs)
-        return {node.name: node for node in tf_optimizer.OptimizeGraph(tf.compat.v1.ConfigProto(), meta).node}
+
+def _training_gradients(layer):
+    import tensorflow as tf
 
     def gradients(x):
         with tf.GradientTape() as tape:
@@ -323,7 +323,23 @@ def test_padded_strided_conv_does_not_keep_its_padded_input(kernel, strides, con
             loss = tf.reduce_sum(layer(x, training=True) ** 2)
         return tape.gradient(loss, [x, layer.kernel])
 
-    nodes = optimized(gradients)
+    return gradients
+
+
+@pytest.mark.parametrize("kernel,strides,conv", [((1, 3, 3), (1, 2, 2), "Conv2D"), ((3, 1, 1), (2, 1, 1), "Conv2D"),
+                                                 ((3, 3, 3), (2, 2, 2), "Conv3D")])
+def test_padded_strided_conv_does_not_keep_its_padded_input(kernel, strides, conv, monkeypatch):
+    """Training, a padded strided conv's kernel gradient reads a second `Pad` of the input, made in the backward
+    pass, not the forward conv's padded copy (which would stay alive between the two passes: 200-420 MB of an
+    R(2+1)D-18 step at batch 8), also after Grappler's optimizations, which merge identical ops; inference keeps
+    one `Pad`. (The temporal kernel's gradient as a convolution, as without oneDNN: see the tap test below.)"""
+    from keras_r21d.layers import video_conv
+
+    monkeypatch.setattr(video_conv, "TAP_KERNEL_GRADIENT", False)
+    layer = VideoConv(5, kernel, strides=strides)
+    layer.build((2, 4, 8, 8, 3))
+    optimized = functools.partial(_optimized_graph, shape=(2, 4, 8, 8, 3))
+    nodes = optimized(_training_gradients(layer))
     source = {name: node.input[0].split(":")[0] for name, node in nodes.items() if node.input}
     (forward,) = [name for name, node in nodes.items() if node.op == conv]
     (kernel_gradient,) = [name for name, node in nodes.items() if node.op.startswith(conv + "BackpropFilter")]
@@ -331,3 +347,97 @@ def test_padded_strided_conv_does_not_keep_its_padded_input(kernel, strides, con
     assert source[forward] != source[kernel_gradient]
     inference = optimized(lambda x: layer(x, training=False))
     assert [node.op for node in inference.values()].count("Pad") == 1
+
+
+def _traced_training_step(conv, kernel_variable, weights):
+    """A `tf.function` of `conv`'s training call: its output and the gradients of `sum(y * weights)`."""
+    import tensorflow as tf
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conv(x, training=True)
+            loss = tf.reduce_sum(y * weights)
+        return [y, *tape.gradient(loss, [x, kernel_variable])]
+
+    return step
+
+
+@pytest.mark.parametrize("frames,kernel,strides,padding,implementation", [
+    (6, (3, 1, 1), (1, 1, 1), None, "auto"), (6, (3, 1, 1), (2, 1, 1), None, "auto"),
+    (7, (3, 1, 1), (2, 1, 1), None, "auto"), (6, (3, 1, 1), (1, 2, 2), (1, 0, 0), "auto"),
+    (5, (5, 1, 1), (1, 1, 1), (1, 0, 0), "auto"), (4, (3, 1, 1), (1, 1, 1), (0, 0, 0), "auto"),
+    (2, (3, 1, 1), (2, 1, 1), None, "auto"),  # one output frame: tap 0 reads only padding, its gradient is zero
+    (3, (1, 3, 3), (1, 1, 1), None, "auto"), (3, (1, 3, 3), (1, 2, 2), None, "auto"),
+    (4, (1, 7, 7), (1, 2, 2), None, "auto"), (3, (1, 3, 2), (1, 1, 1), (0, 1, 0), "auto"),
+    (4, (3, 3, 3), (1, 1, 1), None, "conv2d"), (4, (3, 3, 3), (2, 2, 2), None, "shifted"),
+])
+def test_tap_kernel_gradient_is_the_convolutions(frames, kernel, strides, padding, implementation, monkeypatch):
+    """A 2D convolution's kernel gradient as one MatMul per kernel tap (TensorFlow with oneDNN, whose
+    `Conv2DBackpropFilter` is 1.3-8x slower on R(2+1)D's shapes), forced on every lowering, gives the outputs,
+    input and kernel gradients of the convolution's own gradient and of Keras' `ZeroPadding3D` + `Conv3D`."""
+    import tensorflow as tf
+
+    from keras_r21d.layers import video_conv
+
+    x = tf.constant(random_clip((2, frames, 7, 6, 4)))
+    layer = VideoConv(5, kernel, strides=strides, padding=padding, implementation=implementation)
+    layer.build(x.shape)
+    pad = padding or tuple(k // 2 for k in kernel)
+    reference = _reference_conv3d(5, kernel, strides, pad, np.asarray(layer.kernel))
+    weights = tf.constant(np.random.default_rng(1).normal(size=layer.compute_output_shape(x.shape)), "float32")
+    seen = []
+    for conv, kernel_variable, taps in ((layer, layer.kernel, True), (layer, layer.kernel, False),
+                                        (reference, reference.layers[-1].kernel, None)):
+        monkeypatch.setattr(video_conv, "TAP_KERNEL_GRADIENT", taps)
+
+        seen.append([value.numpy() for value in _traced_training_step(conv, kernel_variable, weights)(x)])
+    for taps, convolution, keras_conv3d in zip(*seen):
+        np.testing.assert_allclose(taps, convolution, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(taps, keras_conv3d, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,strides,padding,forward_pad", [((3, 1, 1), (2, 1, 1), None, True),
+                                                               ((1, 3, 3), (1, 1, 1), None, False),
+                                                               ((3, 1, 1), (1, 1, 1), (0, 0, 0), False)])
+def test_tap_kernel_gradient_runs_matmuls_and_keeps_no_padded_copy(kernel, strides, padding, forward_pad,
+                                                                   monkeypatch):
+    """With the taps, the kernel's gradient is one MatMul per tap and no `Conv2DBackpropFilter`; a padded
+    convolution's backward pass pads the input again for its windows instead of keeping a padded copy from the
+    forward pass (a stride-1 one pads inside the convolution there), also after Grappler's optimizations."""
+    from keras_r21d.layers import video_conv
+    from keras_r21d.onednn import onednn_enabled
+
+    monkeypatch.setattr(video_conv, "TAP_KERNEL_GRADIENT", True)
+    layer = VideoConv(5, kernel, strides=strides, padding=padding)
+    layer.build((2, 4, 8, 8, 3))
+    nodes = _optimized_graph(_training_gradients(layer), (2, 4, 8, 8, 3))
+    ops = [node.op for node in nodes.values()]
+    assert not [op for op in ops if "BackpropFilter" in op], ops
+    assert len([op for op in ops if op.endswith("MatMul")]) == kernel[0] * kernel[1] * kernel[2], ops
+    readers = {name: {node.op for node in nodes.values() if any(i.split(":")[0] == name for i in node.input)}
+               for name, node in nodes.items() if node.op == "Pad"}
+    if onednn_enabled():  # oneDNN's remapper may fuse the forward `Pad` into its convolution
+        readers = {name: ops for name, ops in readers.items() if ops != {"Conv2D"}}
+        forward_pad = False
+    expected = [] if padding == (0, 0, 0) else [{"StridedSlice"}] + ([{"Conv2D"}] if forward_pad else [])
+    assert sorted(readers.values(), key=sorted) == sorted(expected, key=sorted), readers
+
+
+def test_tap_kernel_gradient_by_default_where_onednn_was_slower():
+    """By default the taps run where they measured faster than oneDNN's `Conv2DBackpropFilter`, so only when
+    TensorFlow runs oneDNN's kernels: temporal kernels and stride-1 spatial ones over 32 channels or more, in
+    float32; never for the stem's 7x7 over 3 channels, strided spatial kernels, 1x1 kernels or bfloat16."""
+    script = ("from keras_r21d.layers.video_conv import _tap_kernel_gradient as f; from keras_r21d.onednn import "
+              "onednn_enabled; print(onednn_enabled(), f((3, 1, 144, 64), (1, 1), 'float32'), "
+              "f((3, 1, 230, 128), (2, 1), 'float32'), f((3, 3, 64, 144), (1, 1), 'float32'), "
+              "f((3, 3, 64, 230), (2, 2), 'float32'), f((7, 7, 3, 45), (2, 2), 'float32'), "
+              "f((3, 3, 16, 32), (1, 1), 'float32'), f((1, 1, 64, 128), (1, 1), 'float32'), "
+              "f((3, 1, 144, 64), (1, 1), 'bfloat16'), f((3, 3, 3, 64, 64), (1, 1, 1), 'float32'))")
+    for value in ("0", "1"):
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": value, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                             check=True).stdout.split()
+        onednn = out[0]
+        assert out[1:] == [onednn] * 3 + ["False"] * 6, (value, out)

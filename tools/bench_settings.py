@@ -13,10 +13,14 @@ convolutions keep their padded input for the backward pass instead of
 padding again), `autotune` and
 `folded_autotune` (each full 3D kernel's lowering measured first by
 `keras_r21d.layers.autotune_lowering`, at the bench's batch and mode),
+`tap_grad` and `conv_grad` (temporal kernels' gradients as MatMuls over
+time taps, or as TensorFlow's `Conv2DBackpropFilter`, whatever oneDNN's
+state: by default the taps run with oneDNN on),
 `torch` (the package on `KERAS_BACKEND=torch`) and `torch_keras_ops` (the
 same with Keras' own `ops.conv` and BatchNormalization code, the before of
 the layers' torch kernels); CONFIGS is
-a comma-separated subset. SHAPE is `FRAMESxSIZE[xWIDTH_MULTIPLIER]`
+a comma-separated subset, and `A+B` runs configurations A and B together
+(e.g. `conv3d+onednn_on`). SHAPE is `FRAMESxSIZE[xWIDTH_MULTIPLIER]`
 (default `16x112x1`), e.g. the small networks of `make demo` and
 `keras-r21d study`:
 
@@ -25,6 +29,7 @@ a comma-separated subset. SHAPE is `FRAMESxSIZE[xWIDTH_MULTIPLIER]`
     python tools/bench_settings.py r3d_10 train 16 default,conv2d 8x48x0.25
     python tools/bench_settings.py r2plus1d_18 infer 1 default,folded
     python tools/bench_settings.py r3d_18 train 4 torch,torch_keras_ops
+    python tools/bench_settings.py r2plus1d_18 train 4 onednn_on,conv3d+onednn_on
 """
 
 import os
@@ -50,9 +55,22 @@ CONFIGS = {  # name: (environment, setup arguments)
     "keep_pad": ({}, {"keep_pad": True}),
     "autotune": ({}, {"autotune_lowering": True}),
     "folded_autotune": ({}, {"fold_batchnorm": True, "autotune_lowering": True}),
+    "tap_grad": ({}, {"kernel_gradient": "taps"}),
+    "conv_grad": ({}, {"kernel_gradient": "conv"}),
     "torch": ({"KERAS_BACKEND": "torch"}, {}),
     "torch_keras_ops": ({"KERAS_BACKEND": "torch"}, {"plain_batchnorm": True, "keras_conv": True}),
 }
+
+
+def config(name):
+    """The environment and setup arguments of `name`, a configuration or several joined by `+`."""
+    env, settings = {}, {}
+    for part in name.split("+"):
+        if part not in CONFIGS:
+            raise SystemExit(f"unknown configuration {part!r} in {name!r}; known: {', '.join(CONFIGS)}")
+        env.update(CONFIGS[part][0])
+        settings.update(CONFIGS[part][1])
+    return env, settings
 
 
 def main(argv):
@@ -62,7 +80,7 @@ def main(argv):
     frames, size, width = int(shape[0]), int(shape[1]), float(shape[2]) if len(shape) > 2 else 1.0
     workers = {}
     for name in names:
-        env, settings = CONFIGS[name]
+        env, settings = config(name)
         saved = dict(os.environ)
         os.environ.update(env)
         try:

@@ -32,6 +32,8 @@ CATEGORIES = [
     ("optimizer", r"ApplyKerasMomentum|ApplyMomentum|AssignSubVariable|AssignAddVariable|AssignVariable|_foreach"),
     ("data movement", r"Reshape|Transpose|Pad|Concat|Slice|StridedSlice|Split|Tile|Identity|copy_|contiguous|"
                       r"^aten::cat|as_strided|clone|zero_|fill_|view|permute|empty"),
+    # With oneDNN, the tap kernel gradients of R(2+1)D's convolutions (`keras_r21d.layers.video_conv`) are MatMuls.
+    ("MatMul (tap kernel gradients, classifier)", r"MatMul|^aten::mm$|^aten::addmm$"),
     ("pooling, classifier, loss", r"Mean|Softmax|MatMul|Sum|BiasAdd|Sparse|mm|addmm|mean|softmax|log_softmax|nll|"
                                   r"avg_pool|adaptive"),
     ("elementwise", r"Add|Mul|Sub|Rsqrt|Square|Maximum|add|mul|sub|div|sqrt"),

@@ -17,6 +17,11 @@ RECOMPUTE_PAD = True
 # Off only to measure the difference (`tools/bench_settings.py`'s `torch_keras_ops`).
 DIRECT_TORCH_CONV = True
 
+# Whether 2D convolutions' kernel gradients are one MatMul per tap on TensorFlow (`_tap_gradient_conv`):
+# None = where `_tap_kernel_gradient` measured them faster (with oneDNN's kernels on); True or False
+# forces it for every 2D kernel of more than one tap (`tools/bench_settings.py`'s `tap_grad`, `conv_grad`).
+TAP_KERNEL_GRADIENT = None
+
 
 def check_implementation(implementation):
     """Raises a `ValueError` naming the choices unless `implementation` is one of `IMPLEMENTATIONS`."""
@@ -54,6 +59,12 @@ class VideoConv(keras.layers.Layer):
       fastest for this layer's shape on this machine (training and
       inference apart), else `"conv3d"` (see BENCHMARKS.md: which is faster
       depends on the CPU, not only on the shape).
+
+    Training on TensorFlow with its oneDNN CPU kernels on, the kernel
+    gradient of a temporal kernel, or of a stride-1 spatial one over 32 or
+    more channels, runs as one MatMul per kernel tap instead of oneDNN's
+    `Conv2DBackpropFilter`, 1.3-8x slower on those shapes (float32; the same
+    values to float rounding; `TAP_KERNEL_GRADIENT`).
 
     Args:
         filters: int, the number of output channels.
@@ -309,6 +320,8 @@ class VideoConv(keras.layers.Layer):
         """
         if DIRECT_TORCH_CONV and keras.backend.backend() == "torch":
             return _torch_conv(x, kernel, strides, pad)
+        if training and _tap_kernel_gradient(kernel.shape, strides, self.compute_dtype):
+            return _tap_gradient_conv(x, kernel, strides, pad)
         if self._same(kernel.shape[:-2], strides, pad):
             return ops.conv(x, kernel, strides=1, padding="same")
         if not any(pad):
@@ -389,6 +402,82 @@ def _padded_conv(x, kernel, strides, pad):
         return conv(tf.pad(x, paddings), kernel, strides, "VALID"), gradient
 
     return padded_conv(x, tf.cast(kernel, x.dtype))
+
+
+def _tap_kernel_gradient(kernel_shape, strides, dtype):
+    """Whether a 2D convolution trains through `_tap_gradient_conv` (`TAP_KERNEL_GRADIENT`).
+
+    By default when TensorFlow runs oneDNN's kernels, for the shapes where
+    the MatMuls measured faster than oneDNN's `Conv2DBackpropFilter`: a
+    temporal `(t, 1)` kernel, or a stride-1 spatial one over at least 32
+    channels (not the stem's 7x7 over 3 channels, nor strided ones: there
+    oneDNN's was faster). float32 only: a bfloat16 MatMul's sum over every
+    position (Eigen's, on a CPU without AVX-512) came 1-4% away from the
+    convolution's gradient.
+    """
+    kh, kw, channels = kernel_shape[0], kernel_shape[1], kernel_shape[2]
+    if (keras.backend.backend() != "tensorflow" or dtype != "float32" or len(kernel_shape) != 4
+            or kh * kw == 1):
+        return False
+    if TAP_KERNEL_GRADIENT is not None:
+        return TAP_KERNEL_GRADIENT
+    from keras_r21d.onednn import onednn_enabled
+
+    temporal = kw == 1 and kh > 1
+    return bool(onednn_enabled()) and (temporal or (tuple(strides) == (1, 1) and channels >= 32))
+
+
+def _tap_gradient_conv(x, kernel, strides, pad):
+    """TensorFlow: a 2D convolution with symmetric padding `pad` whose kernel gradient is one MatMul per tap.
+
+    Forward and input gradient are TensorFlow's convolution ops. The
+    gradient of tap `(i, j)` of the kernel is `window(i, j)^T @ dy`, where
+    `window(i, j)` holds the (padded) input pixels that tap read for every
+    output position: a `(C, F)` MatMul over all `N * H' * W'` positions.
+    With oneDNN's kernels on, `Conv2DBackpropFilter` ran the temporal and
+    stride-1 spatial shapes of R(2+1)D 1.3-8x slower than these MatMuls (an
+    R(2+1)D-18 step at batch 4 spent 7.5 of 13 s in it; BENCHMARKS.md). The
+    backward pass pads the input again rather than keeping the forward
+    pass's padded copy (as `_padded_conv`), and takes the windows one after
+    another, so at most one is alive.
+    """
+    import tensorflow as tf
+
+    kh, kw = kernel.shape[:2]
+    sh, sw = strides
+    same = VideoConv._same((kh, kw), strides, pad)
+    paddings = [[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]]
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def gradient(dy):
+            if same:
+                dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
+                                                    strides=[1, sh, sw, 1], padding="SAME")
+            else:
+                dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
+                                                    strides=[1, sh, sw, 1], padding="EXPLICIT",
+                                                    explicit_paddings=[value for pair in paddings for value in pair])
+            padded = x
+            if any(pad):
+                # After `dy`: Grappler would otherwise merge it with the forward `Pad`, whose copy would live on.
+                with tf.control_dependencies([dy]):
+                    padded = tf.pad(tf.identity(x), paddings)
+            out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
+            rows = tf.reshape(dy, (-1, kernel.shape[3]))
+            taps = []
+            for i in range(kh):
+                for j in range(kw):
+                    with tf.control_dependencies(taps[-1:]):  # one window alive at a time
+                        window = padded[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw]
+                    taps.append(tf.matmul(tf.reshape(window, (-1, kernel.shape[2])), rows, transpose_a=True))
+            return dx, tf.reshape(tf.stack(taps), tf.shape(kernel))
+
+        if same:
+            return tf.nn.conv2d(x, kernel, [1, sh, sw, 1], "SAME"), gradient
+        return tf.nn.conv2d(tf.pad(x, paddings), kernel, [1, sh, sw, 1], "VALID"), gradient
+
+    return conv(x, tf.cast(kernel, x.dtype))
 
 
 def _torch_conv(x, kernel, strides, pad):
