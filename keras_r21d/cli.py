@@ -57,14 +57,13 @@ def _quiet_start(verbose):
     warnings.filterwarnings("ignore", module=r"(keras|tensorflow|absl)(\.|$)")
 
 
-def _onednn_for(arch):
-    """TensorFlow's oneDNN kernels on for a network with full 3D kernels (`keras_r21d.onednn`), said in one line."""
-    from keras_r21d.models.specs import VARIANTS
+def _prefer_onednn():
+    """TensorFlow's oneDNN kernels on for a command that trains (`keras_r21d.onednn`), said in one line."""
     from keras_r21d.onednn import VARIABLE, prefer_onednn
 
-    if prefer_onednn(arch):
-        print(f"TensorFlow's oneDNN CPU kernels: on for {VARIANTS[arch][0]}'s 3D convolutions ({VARIABLE}=0 to "
-              "leave TensorFlow's own choice)", flush=True)
+    if prefer_onednn():
+        print(f"TensorFlow's oneDNN CPU kernels: on for training ({VARIABLE}=0 to leave TensorFlow's own choice)",
+              flush=True)
 
 
 def _one_line_warnings(command):
@@ -918,6 +917,10 @@ def build_parser():
     return parser
 
 
+# The commands that train networks: TensorFlow's oneDNN kernels train every network faster on an x86 CPU.
+TRAINING_COMMANDS = ("train", "tune", "study")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its own options (tools/bench.py's), parsed there
@@ -926,8 +929,8 @@ def main(argv=None):
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train":
-        _onednn_for(args.arch)
+    if args.command in TRAINING_COMMANDS:
+        _prefer_onednn()
     _quiet_start(args.verbose)
     _one_line_warnings(args.command)
     from keras_r21d.errors import ExportError, ResumeError

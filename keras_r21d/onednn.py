@@ -1,56 +1,51 @@
-"""TensorFlow's oneDNN CPU kernels: the networks that train faster with them, and whether they are on.
+"""TensorFlow's oneDNN CPU kernels: `keras-r21d train` turns them on, and whether they are on.
 
 TensorFlow 2.21 runs oneDNN's CPU kernels by itself only on processors with
 AVX-512 VNNI, bfloat16 or AMX. Elsewhere (AVX2 processors: most AMD EPYC and
-Ryzen, older Xeons) it runs Eigen's kernels, built for AVX without FMA, and
-there the full 3D convolutions of R3D, MCx and rMCx train at about half
-speed: an R3D-18 training step ran 1.95x faster with `TF_ENABLE_ONEDNN_OPTS=1`
-on an AVX2 EPYC, and MC3-18 went from 0.49x to 1.24x torchvision, while
-R(2+1)D-18 (2D and 1D convolutions only) ran 5% slower and peaked about 450 MB
-higher (BENCHMARKS.md). So `keras-r21d train` turns them on for the networks
-with full 3D kernels, and leaves TensorFlow's choice for the others.
+Ryzen, older Xeons) it runs Eigen's kernels, built for AVX without FMA. On an
+AVX2 EPYC (BENCHMARKS.md), with `TF_ENABLE_ONEDNN_OPTS=1`, the full 3D
+convolutions of R3D and MC3 trained about 2x faster, and, once the kernel
+gradients of R(2+1)D's temporal and stride-1 spatial convolutions ran as
+MatMuls (`keras_r21d.layers.video_conv`: oneDNN's `Conv2DBackpropFilter` is
+1.3-8x slower there), R(2+1)D-18 trained 1.42x faster and R2D-18 1.28x. So
+`keras-r21d train` turns them on for every network.
 
 TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` once, when it is imported: a value the
 user set always wins, and a process that imported TensorFlow already keeps
 what it has. This module imports neither Keras nor TensorFlow.
 """
 
+import functools
 import os
 import platform
 import sys
 
-from keras_r21d.models.specs import VARIANTS
-
 VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
 
-def has_full_3d_kernels(arch):
-    """Whether variant `arch` (`"r3d"`, `"mc3"`, ...) has a full `t x h x w` convolution: a 3D stem or 3D stage.
+def training_value():
+    """The `TF_ENABLE_ONEDNN_OPTS` a training process here runs with: the user's if set, else "1" on x86, else None.
 
-    Example:
-
-    >>> has_full_3d_kernels("mc3"), has_full_3d_kernels("r2plus1d")
-    (True, False)
+    (On other processors the variable means other kernels: TensorFlow's choice stays.)
     """
-    _, stem, stages = VARIANTS[arch]
-    return stem == "3d" or "3d" in stages
+    if VARIABLE in os.environ:
+        return os.environ[VARIABLE]
+    return "1" if platform.machine().lower() in ("x86_64", "amd64") else None
 
 
-def prefer_onednn(arch):
-    """Turns TensorFlow's oneDNN kernels on before TensorFlow is imported, if `arch` has full 3D kernels.
+def prefer_onednn():
+    """Turns TensorFlow's oneDNN kernels on before TensorFlow is imported; True when it set the variable.
 
     Does nothing (and returns False) when the user set `TF_ENABLE_ONEDNN_OPTS`,
-    when TensorFlow is already imported, on a processor other than x86 (where
-    the variable means other kernels), or for a network without full 3D
-    kernels. Returns True when it set the variable.
+    when TensorFlow is already imported, or on a processor other than x86.
     """
-    if (VARIABLE in os.environ or "tensorflow" in sys.modules or arch not in VARIANTS
-            or platform.machine().lower() not in ("x86_64", "amd64") or not has_full_3d_kernels(arch)):
+    if VARIABLE in os.environ or "tensorflow" in sys.modules or training_value() is None:
         return False
-    os.environ[VARIABLE] = "1"
+    os.environ[VARIABLE] = training_value()
     return True
 
 
+@functools.cache
 def onednn_enabled():
     """Whether TensorFlow runs oneDNN's CPU kernels in this process (imports TensorFlow); None if it cannot say."""
     try:

@@ -96,25 +96,23 @@ def test_the_strategy_choices_are_the_training_module_s():
         assert "data_parallel" in help_text, command
 
 
-def test_onednn_is_for_the_networks_with_full_3d_kernels():
-    from keras_r21d.onednn import has_full_3d_kernels
-
-    assert sorted(arch for arch in VARIANTS if not has_full_3d_kernels(arch)) == ["fr2d", "r2d", "r2plus1d"]
-
-
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN's switch is x86's")
-def test_train_turns_tensorflow_onednn_on_for_3d_networks_unless_the_user_chose(tmp_path):
-    """`keras-r21d train --arch r3d` runs TensorFlow's oneDNN kernels (about 2x on the 3D convolutions of an AVX2
-    CPU, where TensorFlow leaves them off) and says so in one line; R(2+1)D keeps TensorFlow's choice (oneDNN
-    cost it 5%), and so does any network when the user set TF_ENABLE_ONEDNN_OPTS. (Each run stops at its
-    missing dataset, after TensorFlow started.)"""
+def test_training_commands_turn_tensorflow_onednn_on_unless_the_user_chose(tmp_path):
+    """`keras-r21d train` (and `tune`, `study`) runs TensorFlow's oneDNN kernels, which TensorFlow leaves off on
+    AVX2 CPUs (about 2x on R3D's 3D convolutions, 1.4x on R(2+1)D-18's step with its tap gradients), and says so
+    in one line, for every network; a TF_ENABLE_ONEDNN_OPTS the user set wins; the other commands keep
+    TensorFlow's choice. (Each run stops at its missing dataset, after TensorFlow started.)"""
     unset = {name: value for name, value in ENV.items() if name != "TF_ENABLE_ONEDNN_OPTS"}
-    line = "TensorFlow's oneDNN CPU kernels: on for R3D's 3D convolutions (TF_ENABLE_ONEDNN_OPTS=0 to"
-    for arch, env, expected in (("r3d", unset, True), ("r2plus1d", unset, False),
-                                ("r3d", {**unset, "TF_ENABLE_ONEDNN_OPTS": "0"}, False)):
-        result = subprocess.run([sys.executable, "-m", "keras_r21d", "train", "--arch", arch, "--depth", "10",
-                                 "--data", f"folder:{tmp_path / 'nowhere'}", "--out", str(tmp_path / f"run_{arch}")],
-                                capture_output=True, text=True, env=env, timeout=300)
-        assert result.returncode == 2 and "nowhere" in result.stderr, result.stderr[-2000:]
-        assert (line in result.stdout) is expected, (arch, result.stdout)
+    line = "TensorFlow's oneDNN CPU kernels: on for training (TF_ENABLE_ONEDNN_OPTS=0 to leave TensorFlow's own"
+    data = f"folder:{tmp_path / 'nowhere'}"
+    for command, env, expected in ((["train", "--arch", "r3d"], unset, True),
+                                   (["train", "--arch", "r2plus1d"], unset, True),
+                                   (["tune"], unset, True),
+                                   (["train", "--arch", "r3d"], {**unset, "TF_ENABLE_ONEDNN_OPTS": "0"}, False),
+                                   (["evaluate", "--model", "none.keras"], unset, False)):
+        result = subprocess.run([sys.executable, "-m", "keras_r21d", *command, "--data", data,
+                                 "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 2 and ("nowhere" in result.stderr or "none.keras" in result.stderr), \
+            result.stderr[-2000:]
+        assert (line in result.stdout) is expected, (command, result.stdout)
         assert "oneDNN" not in result.stderr  # TensorFlow's own start-up line stays quiet

@@ -64,9 +64,14 @@ def torch_available():
 
 
 def keras_worker(threads, backend="tensorflow"):
-    """keras_r21d's worker on one Keras backend."""
+    """keras_r21d's worker on one Keras backend; on TensorFlow, with the oneDNN kernels `keras-r21d train` runs."""
+    from keras_r21d.onednn import VARIABLE, training_value
+
+    env = {"KERAS_BACKEND": backend}
+    if backend == "tensorflow" and training_value() is not None:
+        env[VARIABLE] = training_value()
     return Worker([sys.executable, "-m", "keras_r21d.bench._keras_worker", str(threads)], side_name(backend),
-                  env={"KERAS_BACKEND": backend})
+                  env=env)
 
 
 def torchvision_worker(threads):
