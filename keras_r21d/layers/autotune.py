@@ -168,13 +168,14 @@ def autotune_lowering(model, batch_size=8, input_shape=None, modes=MODES, loweri
                     start = time.perf_counter()
                     run()
                     seconds[name].append(time.perf_counter() - start)
-            ms = {name: 1e3 * statistics.median(values) for name, values in seconds.items()}
+            # Rounded to the microsecond first, so that the table's choice is `choose` of the times it records.
+            ms = {name: round(1e3 * statistics.median(values), 3) for name, values in seconds.items()}
             choice = choose(ms)
             entries.append({"backend": backend, "dtype": str(dtype), "input_shape": list(dims),
                             "kernel": list(kernel), "strides": list(strides), "padding": list(padding),
                             "filters": int(filters), "mode": mode, "batch_size": int(batch_size),
                             "input_gradient": bool(input_gradient) if mode == "train" else False,
-                            "layers": len(layers), "ms": {k: round(v, 3) for k, v in ms.items()}, "choice": choice})
+                            "layers": len(layers), "ms": ms, "choice": choice})
             if log is not None:
                 log(f"{mode} {tuple(dims)} kernel {tuple(kernel)} strides {tuple(strides)} -> {filters}: "
                     + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()) + f": {choice}")
