@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -44,9 +45,12 @@ def test_bench_runs_both_sides_and_reports(tmp_path):
     assert result.stdout == markdown(data)
     assert "| r2plus1d_18 | train | 1 |" in result.stdout and "Input pipeline:" in result.stdout
     assert data["settings"]["fold_batchnorm"] is True and "with BatchNorm folded" in result.stdout
-    # Whether TensorFlow ran oneDNN's kernels (TensorFlow's choice for the processor, or TF_ENABLE_ONEDNN_OPTS).
+    # Whether TensorFlow ran oneDNN's kernels: as `keras-r21d train` runs, on on x86 unless TF_ENABLE_ONEDNN_OPTS
+    # says otherwise.
     onednn = data["machine"]["onednn"]
     assert isinstance(onednn, bool) and f"TensorFlow's oneDNN kernels {'on' if onednn else 'off'}" in result.stdout
+    if "TF_ENABLE_ONEDNN_OPTS" not in os.environ and platform.machine().lower() in ("x86_64", "amd64"):
+        assert onednn is True
 
 
 def test_the_bench_worker_reports_the_users_onednn_choice():

@@ -13,9 +13,10 @@ convolutions keep their padded input for the backward pass instead of
 padding again), `autotune` and
 `folded_autotune` (each full 3D kernel's lowering measured first by
 `keras_r21d.layers.autotune_lowering`, at the bench's batch and mode),
-`tap_grad` and `conv_grad` (temporal kernels' gradients as MatMuls over
-time taps, or as TensorFlow's `Conv2DBackpropFilter`, whatever oneDNN's
-state: by default the taps run with oneDNN on),
+`tap_grad` and `conv_grad` (every 2D convolution's kernel gradient as one
+MatMul per kernel tap, or as TensorFlow's `Conv2DBackpropFilter`, whatever
+oneDNN's state: by default the taps run with oneDNN on, for temporal and
+stride-1 spatial kernels),
 `torch` (the package on `KERAS_BACKEND=torch`) and `torch_keras_ops` (the
 same with Keras' own `ops.conv` and BatchNormalization code, the before of
 the layers' torch kernels); CONFIGS is

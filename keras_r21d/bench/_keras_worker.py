@@ -8,8 +8,8 @@ Extra commands: `setup` takes `implementation`, `width_multiplier`,
 the bench's batch and mode before the first step), `plain_batchnorm` (Keras' own
 `BatchNormalization` code instead of the fused training call) and `keep_pad` (padded strided
 convolutions keep their padded input for the backward pass, as before `VideoConv` padded again),
-`kernel_gradient` (`"taps"` or `"conv"`: how temporal kernels' gradients run on TensorFlow,
-`keras_r21d.layers.video_conv.TAP_KERNEL_GRADIENT`);
+`kernel_gradient` (`"taps"` or `"conv"`: whether 2D convolutions' kernel gradients run as MatMuls per
+kernel tap on TensorFlow, `keras_r21d.layers.video_conv.TAP_KERNEL_GRADIENT`);
 `pipeline` (TensorFlow) times the training input pipeline on real encoded videos. On JAX and PyTorch the
 worker imports no TensorFlow: torch and TensorFlow must not share a process.
 """
@@ -153,8 +153,8 @@ def main(threads):
         keras_r21d.layers.video_conv.RECOMPUTE_PAD = not command.get("keep_pad")
         # `keras_conv`: Keras' own `ops.conv` on torch (the before of `_torch_conv`).
         keras_r21d.layers.video_conv.DIRECT_TORCH_CONV = not command.get("keras_conv")
-        # `kernel_gradient`: "taps" or "conv" forces how temporal kernels' gradients run on TensorFlow
-        # (`TAP_KERNEL_GRADIENT`; by default taps with oneDNN on).
+        # `kernel_gradient`: "taps" or "conv" forces how 2D convolutions' kernel gradients run on TensorFlow
+        # (`TAP_KERNEL_GRADIENT`; by default taps for some shapes with oneDNN on).
         keras_r21d.layers.video_conv.TAP_KERNEL_GRADIENT = {"taps": True, "conv": False}.get(
             command.get("kernel_gradient"))
         shape = (command["frames"], command["size"], command["size"], 3)
