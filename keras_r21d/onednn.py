@@ -39,9 +39,10 @@ def prefer_onednn():
     Does nothing (and returns False) when the user set `TF_ENABLE_ONEDNN_OPTS`,
     when TensorFlow is already imported, or on a processor other than x86.
     """
-    if VARIABLE in os.environ or "tensorflow" in sys.modules or training_value() is None:
+    value = training_value()
+    if VARIABLE in os.environ or "tensorflow" in sys.modules or value is None:
         return False
-    os.environ[VARIABLE] = training_value()
+    os.environ[VARIABLE] = value
     return True
 
 

@@ -68,8 +68,9 @@ def keras_worker(threads, backend="tensorflow"):
     from keras_r21d.onednn import VARIABLE, training_value
 
     env = {"KERAS_BACKEND": backend}
-    if backend == "tensorflow" and training_value() is not None:
-        env[VARIABLE] = training_value()
+    onednn = training_value()
+    if backend == "tensorflow" and onednn is not None:
+        env[VARIABLE] = onednn
     return Worker([sys.executable, "-m", "keras_r21d.bench._keras_worker", str(threads)], side_name(backend),
                   env=env)
 

@@ -362,6 +362,19 @@ class VideoConv(keras.layers.Layer):
         return config
 
 
+def _pad_again(x, paddings, dy):
+    """TensorFlow, in a backward pass: `x` padded anew, once the output gradient `dy` exists.
+
+    The `Pad` waits for `dy`; without that dependency Grappler merges it with
+    the forward pass's identical `Pad`, and that padded copy lives on from the
+    forward pass to the backward one.
+    """
+    import tensorflow as tf
+
+    with tf.control_dependencies([dy]):
+        return tf.pad(tf.identity(x), paddings)
+
+
 def _padded_conv(x, kernel, strides, pad):
     """TensorFlow: `Pad`, then a valid 2D or 3D convolution, whose gradient pads `x` again.
 
@@ -388,10 +401,7 @@ def _padded_conv(x, kernel, strides, pad):
     @tf.custom_gradient
     def padded_conv(x, kernel):
         def gradient(dy):
-            # The second `Pad` waits for `dy`; without that dependency Grappler
-            # merges it with the forward one and the copy lives on.
-            with tf.control_dependencies([dy]):
-                padded = tf.pad(tf.identity(x), paddings)
+            padded = _pad_again(x, paddings, dy)
             dx = input_grad(input_sizes=tf.shape(padded), filter=kernel, out_backprop=dy, strides=strides,
                             padding="VALID")
             dx = tf.slice(dx, [0, *pad, 0], tf.shape(x))
@@ -458,11 +468,7 @@ def _tap_gradient_conv(x, kernel, strides, pad):
                 dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
                                                     strides=[1, sh, sw, 1], padding="EXPLICIT",
                                                     explicit_paddings=[value for pair in paddings for value in pair])
-            padded = x
-            if any(pad):
-                # After `dy`: Grappler would otherwise merge it with the forward `Pad`, whose copy would live on.
-                with tf.control_dependencies([dy]):
-                    padded = tf.pad(tf.identity(x), paddings)
+            padded = _pad_again(x, paddings, dy) if any(pad) else x
             out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
             rows = tf.reshape(dy, (-1, kernel.shape[3]))
             taps = []
