@@ -307,6 +307,21 @@ def test_tflite_r3d_lowering(tmp_path):
     assert two_d["max_abs_diff"] <= 1e-4 and three_d["max_abs_diff"] <= 1e-4
 
 
+def test_tflite_auto_keeps_temporal_kernels_2d_where_tensorflow_runs_them_as_conv3d(model, tmp_path, monkeypatch):
+    """With oneDNN, TensorFlow's inference runs `"auto"` temporal kernels as `Conv3D`; TFLite has no oneDNN, so an
+    `"auto"` export of R(2+1)D still has no `CONV_3D` (and the flag is back after the export)."""
+    from keras_r21d.layers import video_conv
+
+    monkeypatch.setattr(video_conv, "TEMPORAL_CONV3D", True)
+    temporal = [layer for layer in model._flatten_layers() if isinstance(layer, keras_r21d.layers.VideoConv)
+                and layer.kernel_size[1:] == (1, 1) and layer.kernel_size[0] > 1]
+    assert temporal and all(layer.lowering == "conv3d" for layer in temporal)
+    report = export_tflite(model, str(tmp_path / "auto.tflite"), clip_config=CONFIG, implementation="auto",
+                           check_data=_clips(2))
+    assert "CONV_3D" not in report["ops"] and report["ops"]["CONV_2D"] >= 20 and report["max_abs_diff"] <= 1e-4
+    assert video_conv.TEMPORAL_CONV3D is True
+
+
 def _weight_dtypes(path):
     """The dtypes of the 4-D tensors of a .tflite file (convolution kernels and the activations between the
     reshaped 2D convolutions), with their counts."""

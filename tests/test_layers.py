@@ -50,7 +50,8 @@ def test_video_conv_matches_keras_conv3d(kernel, strides, padding, implementatio
 
 def test_video_conv_lowering_choice():
     assert VideoConv(8, (1, 3, 3)).lowering == "spatial"
-    assert VideoConv(8, (3, 1, 1)).lowering == "temporal"
+    assert VideoConv(8, (3, 1, 1), implementation="conv2d").lowering == "temporal"
+    assert VideoConv(8, (3, 1, 1)).lowering_for(training=True) == "temporal"
     assert VideoConv(8, (3, 3, 3)).lowering == "conv3d"
     assert VideoConv(8, (3, 3, 3), implementation="conv2d").lowering == "im2col"
     assert VideoConv(8, (3, 3, 3), implementation="shifted").lowering == "shifted"
@@ -262,20 +263,33 @@ def test_fused_batchnorm_config_and_files(tmp_path):
     np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), atol=1e-6)
 
 
-def test_strided_pointwise_conv_reads_only_the_pixels_it_uses():
-    """A downsampling 1x1x1 shortcut takes its pixels in one strided slice (1/8 of the clip), then a stride-1 conv:
-    the same values as the 5-D reference."""
+@pytest.mark.parametrize("shape", [(2, 6, 10, 8, 4), (2, 6, 10, 9, 4)])
+def test_strided_pointwise_conv_reads_only_the_pixels_it_uses(shape):
+    """A downsampling 1x1x1 shortcut takes its pixels in one slice (1/8 of the clip), then a stride-1 conv: the
+    same values and gradients as the 5-D reference. Where every axis divides by its stride the slice has stride 1
+    (of the reshaped clip; TensorFlow's strided one was 2.5-4x slower), else it is strided (W = 9 here)."""
     import tensorflow as tf
 
     layer = VideoConv(6, (1, 1, 1), strides=(2, 2, 2))
-    x = random_clip((2, 6, 10, 9, 4))
+    x = random_clip(shape)
     graph = tf.function(lambda x: layer(x)).get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
-    slices = [op for op in graph.get_operations() if op.type == "StridedSlice" and op.outputs[0].shape.rank == 5]
-    assert [tuple(op.outputs[0].shape) for op in slices] == [(2, 3, 5, 5, 4)]
+    slices = [op for op in graph.get_operations() if op.type == "StridedSlice" and op.outputs[0].shape.rank > 1]
+    assert [op.outputs[0].shape.num_elements() for op in slices] == [2 * 3 * 5 * -(-shape[3] // 2) * 4]
+    steps = set(tf.get_static_value(slices[0].inputs[3]).tolist())
+    assert (steps == {1}) == (shape[3] % 2 == 0), steps
     convs = [op for op in graph.get_operations() if op.type == "Conv2D"]
     assert len(convs) == 1 and list(convs[0].get_attr("strides")) == [1, 1, 1, 1]
     reference = _reference_conv3d(6, (1, 1, 1), (2, 2, 2), (0, 0, 0), np.asarray(layer.kernel))
-    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(reference(x)), atol=1e-6)
+    x = tf.constant(x)
+    gradients = []
+    for conv in (layer, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conv(x, training=True)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        gradients.append((y, tape.gradient(loss, x)))
+    for got, expected in zip(*gradients):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
 
 
 @pytest.mark.parametrize("implementation", ["conv2d", "conv3d", "shifted"])
@@ -423,6 +437,53 @@ def test_tap_kernel_gradient_runs_matmuls_and_keeps_no_padded_copy(kernel, strid
         forward_pad = False
     expected = [] if padding == (0, 0, 0) else [{"StridedSlice"}] + ([{"Conv2D"}] if forward_pad else [])
     assert sorted(readers.values(), key=sorted) == sorted(expected, key=sorted), readers
+
+
+def test_temporal_kernel_infers_as_conv3d_where_tensorflow_runs_onednn():
+    """By default an `"auto"` temporal kernel's inference is one `Conv3D` only where TensorFlow runs oneDNN's
+    kernels (there it measured faster than the `(t, 1)` `Conv2D`), in float32; its training call, `"conv2d"`
+    and bfloat16 stay 2D."""
+    script = ("from keras_r21d.layers import VideoConv; from keras_r21d.onednn import onednn_enabled; "
+              "a = VideoConv(8, (3, 1, 1)); b = VideoConv(8, (3, 1, 1), implementation='conv2d'); "
+              "c = VideoConv(8, (3, 1, 1), strides=(2, 1, 1), dtype='mixed_bfloat16'); "
+              "print(onednn_enabled(), a.lowering, a.lowering_for(training=True), b.lowering, c.lowering)")
+    for value in ("0", "1"):
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": value, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                             check=True).stdout.split()
+        first = "conv3d" if out[0] == "True" else "temporal"
+        assert out[1:] == [first, "temporal", "temporal", "temporal"], (value, out)
+
+
+@pytest.mark.parametrize("strides,padding", [((1, 1, 1), None), ((2, 1, 1), None), ((1, 2, 2), (1, 1, 1))])
+def test_temporal_kernel_as_conv3d_is_the_2d_lowering(monkeypatch, strides, padding):
+    """Forced on (`TEMPORAL_CONV3D`), an `"auto"` temporal kernel's inference graph is one 5-D `Conv3D` and no
+    2D convolution, with the 2D lowering's outputs (to 1e-5); training and `temporal_conv2d()` keep the 2D one."""
+    import tensorflow as tf
+
+    from keras_r21d.layers import video_conv
+
+    monkeypatch.setattr(video_conv, "TEMPORAL_CONV3D", True)
+    layer = VideoConv(7, (3, 1, 1), strides=strides, padding=padding, use_bias=True, activation="relu")
+    x = random_clip((2, 6, 9, 10, 5))
+    layer(x)
+    layer.bias.assign(np.linspace(-1, 1, 7).astype("float32"))
+
+    def conv_ops(training):
+        graph = tf.function(lambda x: layer(x, training=training)).get_concrete_function(
+            tf.TensorSpec(x.shape, tf.float32)).graph
+        return sorted(op.type for op in graph.get_operations() if op.type.startswith("Conv"))
+
+    assert conv_ops(False) == ["Conv3D"] and conv_ops(True) == ["Conv2D"]
+    three_d = np.asarray(layer(x))
+    with video_conv.temporal_conv2d():
+        assert layer.lowering == "temporal" and conv_ops(False) == ["Conv2D"]
+        two_d = np.asarray(layer(x))
+    assert layer.lowering == "conv3d"
+    reference = _reference_conv3d(7, (3, 1, 1), strides, padding or (1, 0, 0), np.asarray(layer.kernel))
+    expected = np.maximum(np.asarray(reference(x)) + np.asarray(layer.bias), 0)
+    np.testing.assert_allclose(three_d, two_d, atol=1e-5)
+    np.testing.assert_allclose(three_d, expected, atol=1e-5)
 
 
 def test_tap_kernel_gradient_by_default_where_onednn_was_slower():

@@ -16,7 +16,9 @@ padding again), `autotune` and
 `tap_grad` and `conv_grad` (every 2D convolution's kernel gradient as one
 MatMul per kernel tap, or as TensorFlow's `Conv2DBackpropFilter`, whatever
 oneDNN's state: by default the taps run with oneDNN on, for temporal and
-stride-1 spatial kernels),
+stride-1 spatial kernels), `temporal_conv3d` and `temporal_conv2d` (inference of
+temporal kernels as one 5-D `Conv3D`, or as a `(t, 1)` `Conv2D`, whatever
+oneDNN's state: by default `Conv3D` with oneDNN on),
 `torch` (the package on `KERAS_BACKEND=torch`) and `torch_keras_ops` (the
 same with Keras' own `ops.conv` and BatchNormalization code, the before of
 the layers' torch kernels); CONFIGS is
@@ -31,6 +33,7 @@ a comma-separated subset, and `A+B` runs configurations A and B together
     python tools/bench_settings.py r2plus1d_18 infer 1 default,folded
     python tools/bench_settings.py r3d_18 train 4 torch,torch_keras_ops
     python tools/bench_settings.py r2plus1d_18 train 4 onednn_on,conv3d+onednn_on
+    python tools/bench_settings.py r2plus1d_18 infer 1 folded_onednn_on,folded_onednn_on+temporal_conv2d
 """
 
 import os
@@ -58,6 +61,8 @@ CONFIGS = {  # name: (environment, setup arguments)
     "folded_autotune": ({}, {"fold_batchnorm": True, "autotune_lowering": True}),
     "tap_grad": ({}, {"kernel_gradient": "taps"}),
     "conv_grad": ({}, {"kernel_gradient": "conv"}),
+    "temporal_conv3d": ({}, {"temporal_conv3d": True}),
+    "temporal_conv2d": ({}, {"temporal_conv3d": False}),
     "torch": ({"KERAS_BACKEND": "torch"}, {}),
     "torch_keras_ops": ({"KERAS_BACKEND": "torch"}, {"plain_batchnorm": True, "keras_conv": True}),
 }

@@ -9,7 +9,8 @@ the bench's batch and mode before the first step), `plain_batchnorm` (Keras' own
 `BatchNormalization` code instead of the fused training call) and `keep_pad` (padded strided
 convolutions keep their padded input for the backward pass, as before `VideoConv` padded again),
 `kernel_gradient` (`"taps"` or `"conv"`: whether 2D convolutions' kernel gradients run as MatMuls per
-kernel tap on TensorFlow, `keras_r21d.layers.video_conv.TAP_KERNEL_GRADIENT`);
+kernel tap on TensorFlow, `keras_r21d.layers.video_conv.TAP_KERNEL_GRADIENT`), `temporal_conv3d`
+(True or False: whether temporal kernels infer as one 5-D `Conv3D` on TensorFlow, `TEMPORAL_CONV3D`);
 `pipeline` (TensorFlow) times the training input pipeline on real encoded videos. On JAX and PyTorch the
 worker imports no TensorFlow: torch and TensorFlow must not share a process.
 """
@@ -157,6 +158,9 @@ def main(threads):
         # (`TAP_KERNEL_GRADIENT`; by default taps for some shapes with oneDNN on).
         keras_r21d.layers.video_conv.TAP_KERNEL_GRADIENT = {"taps": True, "conv": False}.get(
             command.get("kernel_gradient"))
+        # `temporal_conv3d`: True or False forces how temporal kernels infer on TensorFlow (`TEMPORAL_CONV3D`;
+        # by default a 5-D `Conv3D` with oneDNN on).
+        keras_r21d.layers.video_conv.TEMPORAL_CONV3D = command.get("temporal_conv3d")
         shape = (command["frames"], command["size"], command["size"], 3)
         model = keras_r21d.get_model(command["model"], input_shape=shape, classes=400, midplanes="torchvision",
                                      implementation=command.get("implementation", "auto"),

@@ -5,7 +5,8 @@ to `CONV_2D` on reshaped tensors (a full 3D kernel by temporal im2col), so
 the file runs under the XNNPACK and GPU delegates and quantizes fully to
 int8, for every variant, R3D and MCx included. `implementation="auto"` keeps
 the model's own lowering, where full 3D kernels become `CONV_3D` (float
-only, CPU only). No select-TF (Flex) op is ever allowed.
+only, CPU only; temporal ones stay `CONV_2D`, even where TensorFlow's
+oneDNN kernels run them as `Conv3D`). No select-TF (Flex) op is ever allowed.
 """
 
 import json
@@ -18,6 +19,7 @@ import numpy as np
 from keras_r21d._tensorflow import tf
 from keras_r21d.export import graph
 from keras_r21d.export.saved_model import ExportError, _config_dict, check_class_names, check_clip_shape
+from keras_r21d.layers.video_conv import temporal_conv2d
 from keras_r21d.training.io import atomic_write_bytes, atomic_write_text
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -142,7 +144,8 @@ def export_tflite(model, path, quantization=None, representative_data=None, impl
     model = graph.folded(model) if fold_batchnorm else graph.as_float32(model)  # float32 whatever the training policy
     probabilities = graph.probabilities_fn(model)
 
-    with tempfile.TemporaryDirectory(prefix="keras_r21d_tflite_") as staging:
+    # TFLite has no oneDNN: `"auto"` temporal kernels stay 2D convolutions whatever this process runs.
+    with tempfile.TemporaryDirectory(prefix="keras_r21d_tflite_") as staging, temporal_conv2d():
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint("serving_default", lambda clips: {"probabilities": probabilities(clips)},

@@ -17,11 +17,14 @@ class Conv2Plus1D(keras.layers.Layer):
     `(s_t, 1, 1)`. The outer BatchNormalization and ReLU belong to the block
     that uses this layer, as in the paper and torchvision.
 
-    With `implementation="auto"`, `"conv2d"` or `"shifted"` (the same here:
-    a factorized conv has no full 3D kernel) no 5-D convolution runs: the
+    With `implementation="conv2d"` or `"shifted"` (the same here: a
+    factorized conv has no full 3D kernel) no 5-D convolution runs: the
     spatial part is a `Conv2D` over `(N*T, H, W, C)` and the temporal part a
-    `Conv2D` with a `(t, 1)` kernel over `(N, T, H*W, C)`. `"conv3d"` runs
-    the same weights as two 5-D convolutions (the reference lowering).
+    `Conv2D` with a `(t, 1)` kernel over `(N, T, H*W, C)`. `"auto"` is the
+    same, except that the temporal part's inference call is one 5-D
+    `Conv3D` on TensorFlow with its oneDNN CPU kernels on, where that ran
+    faster (`VideoConv`'s `"auto"`). `"conv3d"` runs the same weights as two
+    5-D convolutions (the reference lowering).
 
     Args:
         filters: int, output channels `N_out`.
@@ -96,7 +99,7 @@ class Conv2Plus1D(keras.layers.Layer):
             )
             self.relu = keras.layers.ReLU(name=f"{self.name}_relu", dtype=self.dtype_policy)
         t = self.kernel_size[0]
-        inner = "conv3d" if implementation == "conv3d" else "conv2d"
+        inner = implementation if implementation in ("conv3d", "auto") else "conv2d"
         self.temporal = VideoConv(
             self.filters,
             (t, 1, 1),

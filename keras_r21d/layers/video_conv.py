@@ -1,5 +1,7 @@
 """`VideoConv`: a `t x h x w` convolution over `(N, T, H, W, C)` clips."""
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -21,6 +23,12 @@ DIRECT_TORCH_CONV = True
 # None = where `_tap_kernel_gradient` measured them faster (with oneDNN's kernels on); True or False
 # forces it for every 2D kernel of more than one tap (`tools/bench_settings.py`'s `tap_grad`, `conv_grad`).
 TAP_KERNEL_GRADIENT = None
+
+# Whether a temporal `t x 1 x 1` kernel with `implementation="auto"` runs as one 5-D `Conv3D` in inference
+# on TensorFlow (`_temporal_as_conv3d`): None = where it measured faster (float32, oneDNN's kernels on);
+# True or False forces it (`tools/bench_settings.py`'s `temporal_conv3d`, `temporal_conv2d`;
+# `keras_r21d.export.tflite` sets False: TFLite has no oneDNN).
+TEMPORAL_CONV3D = None
 
 
 def check_implementation(implementation):
@@ -55,10 +63,13 @@ class VideoConv(keras.layers.Layer):
       channel concatenation, oneDNN's 2D kernels forward and backward.
     - `"conv3d"`: one 5-D convolution.
     - `"auto"` (default): `"conv2d"` for spatial-only and temporal-only
-      kernels; for full ones the lowering `autotune_lowering` measured
-      fastest for this layer's shape on this machine (training and
-      inference apart), else `"conv3d"` (see BENCHMARKS.md: which is faster
-      depends on the CPU, not only on the shape).
+      kernels, except that a temporal kernel's inference call on TensorFlow
+      with its oneDNN CPU kernels on (float32) is one 5-D `Conv3D`, faster
+      there (`TEMPORAL_CONV3D`); for full kernels the lowering
+      `autotune_lowering` measured fastest for this layer's shape on this
+      machine (training and inference apart), else `"conv3d"` (see
+      BENCHMARKS.md: which is faster depends on the CPU, not only on the
+      shape).
 
     Training on TensorFlow with its oneDNN CPU kernels on, the kernel
     gradient of a temporal kernel, or of a stride-1 spatial one over 32 or
@@ -147,7 +158,11 @@ class VideoConv(keras.layers.Layer):
         if self.implementation == "conv3d":
             return "conv3d"
         if not self.full_kernel:
-            return "spatial" if self.kernel_size[0] == 1 else "temporal"
+            if self.kernel_size[0] == 1:
+                return "spatial"
+            if self.implementation == "auto" and not training and _temporal_as_conv3d(self.compute_dtype):
+                return "conv3d"
+            return "temporal"
         if self.implementation == "conv2d":
             return "im2col"
         if self.implementation == "shifted":
@@ -228,7 +243,7 @@ class VideoConv(keras.layers.Layer):
             # A strided 1x1x1 kernel (a downsampling shortcut) reads one pixel in
             # st * sh * sw: one slice takes exactly those, then a stride-1 conv.
             # (Slicing the frames only, then a strided Conv2D, copied 4x more.)
-            x = x[:, ::st, ::sh, ::sw]
+            x = self._subsample(x, (st, sh, sw))
             st = sh = sw = 1
         elif st != 1 or pt:
             # A 1 x h x w kernel with temporal stride or padding: the frames
@@ -242,6 +257,24 @@ class VideoConv(keras.layers.Layer):
         y = self._conv(frames, kernel, (sh, sw), (ph, pw), training)
         yshape = ops.shape(y)
         return ops.reshape(y, (-1, shape[1], yshape[1], yshape[2], self.filters))
+
+    @staticmethod
+    def _subsample(x, strides):
+        """`x[:, ::st, ::sh, ::sw]`; where each axis divides by its stride, as a reshape and a stride-1 slice.
+
+        TensorFlow's `StridedSlice` with strides on three axes copied
+        R(2+1)D-18's shortcut inputs 2.5-4x slower than a slice with unit
+        strides of a reshaped view, in inference and training alike
+        (BENCHMARKS.md). The view is `(N*T', st*H', sh, W', sw*C)`: the first
+        `H'` of `st*H'` are frame 0 of each `st`, the first `C` of `sw*C`
+        pixel 0 of each `sw`; 5-D, as TFLite's `STRIDED_SLICE` needs.
+        """
+        (t, h, w, c), (st, sh, sw) = x.shape[1:], strides
+        if any(d is None or d % s for d, s in zip((t, h, w), strides)):
+            return x[:, ::st, ::sh, ::sw]
+        t, h, w = t // st, h // sh, w // sw
+        x = ops.reshape(x, (-1, st * h, sh, w, sw * c))[:, :h, 0, :, :c]
+        return ops.reshape(x, (-1, t, h, w, c))
 
     def _temporal(self, x, training):
         t = self.kernel_size[0]
@@ -412,6 +445,37 @@ def _padded_conv(x, kernel, strides, pad):
         return conv(tf.pad(x, paddings), kernel, strides, "VALID"), gradient
 
     return padded_conv(x, tf.cast(kernel, x.dtype))
+
+
+def _temporal_as_conv3d(dtype):
+    """Whether an `"auto"` temporal kernel's inference call is a 5-D `Conv3D` (`TEMPORAL_CONV3D`).
+
+    By default on TensorFlow in float32 with oneDNN's kernels on: there
+    oneDNN's `Conv3D` ran R(2+1)D-18's `3 x 1 x 1` kernels 1.1-1.8x faster
+    than its 2D convolution with a `(3, 1)` kernel over `(N, T, H*W, C)`
+    (batch 1 and 8; BENCHMARKS.md). With Eigen's kernels the two were level
+    (the 2D one ahead by 0-10%), and in training the 5-D step (`Conv3D`
+    forward and input gradient) was no faster, so both keep the 2D lowering.
+    """
+    if keras.backend.backend() != "tensorflow" or dtype != "float32":
+        return False
+    if TEMPORAL_CONV3D is not None:
+        return TEMPORAL_CONV3D
+    from keras_r21d.onednn import onednn_enabled
+
+    return bool(onednn_enabled())
+
+
+@contextlib.contextmanager
+def temporal_conv2d():
+    """Inside, `"auto"` temporal kernels trace as 2D convolutions whatever the kernels (`TEMPORAL_CONV3D = False`)."""
+    global TEMPORAL_CONV3D
+    saved = TEMPORAL_CONV3D
+    TEMPORAL_CONV3D = False
+    try:
+        yield
+    finally:
+        TEMPORAL_CONV3D = saved
 
 
 def _tap_kernel_gradient(kernel_shape, strides, dtype):
