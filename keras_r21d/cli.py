@@ -57,13 +57,13 @@ def _quiet_start(verbose):
     warnings.filterwarnings("ignore", module=r"(keras|tensorflow|absl)(\.|$)")
 
 
-def _prefer_onednn():
-    """TensorFlow's oneDNN kernels on for a command that trains (`keras_r21d.onednn`), said in one line."""
+def _prefer_onednn(say):
+    """TensorFlow's oneDNN kernels on for a command that runs networks (`keras_r21d.onednn`), said in one line
+    when `say` (the training commands; the inference ones keep their output as it was)."""
     from keras_r21d.onednn import VARIABLE, prefer_onednn
 
-    if prefer_onednn():
-        print(f"TensorFlow's oneDNN CPU kernels: on for training ({VARIABLE}=0 to leave TensorFlow's own choice)",
-              flush=True)
+    if prefer_onednn() and say:
+        print(f"TensorFlow's oneDNN CPU kernels: on ({VARIABLE}=0 to leave TensorFlow's own choice)", flush=True)
 
 
 def _one_line_warnings(command):
@@ -917,8 +917,10 @@ def build_parser():
     return parser
 
 
-# The commands that train networks: TensorFlow's oneDNN kernels train every network faster on an x86 CPU.
+# The commands that train or run networks: TensorFlow's oneDNN kernels train every network faster on an x86 CPU,
+# and run the inference of all but R(2+1)D at batch 1 faster (BENCHMARKS.md). `export` keeps TensorFlow's choice.
 TRAINING_COMMANDS = ("train", "tune", "study")
+ONEDNN_COMMANDS = (*TRAINING_COMMANDS, "evaluate", "predict", "extract")
 
 
 def main(argv=None):
@@ -929,8 +931,8 @@ def main(argv=None):
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in TRAINING_COMMANDS:
-        _prefer_onednn()
+    if args.command in ONEDNN_COMMANDS:
+        _prefer_onednn(say=args.command in TRAINING_COMMANDS)
     _quiet_start(args.verbose)
     _one_line_warnings(args.command)
     from keras_r21d.errors import ExportError, ResumeError

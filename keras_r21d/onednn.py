@@ -1,4 +1,4 @@
-"""TensorFlow's oneDNN CPU kernels: `keras-r21d train` turns them on, and whether they are on.
+"""TensorFlow's oneDNN CPU kernels: `keras-r21d train`, `evaluate`, `predict` turn them on, and whether they are on.
 
 TensorFlow 2.21 runs oneDNN's CPU kernels by itself only on processors with
 AVX-512 VNNI, bfloat16 or AMX. Elsewhere (AVX2 processors: most AMD EPYC and
@@ -8,7 +8,12 @@ convolutions of R3D and MC3 trained about 2x faster, and, once the kernel
 gradients of R(2+1)D's temporal and stride-1 spatial convolutions ran as
 MatMuls (`keras_r21d.layers.video_conv`: oneDNN's `Conv2DBackpropFilter` is
 1.3-8x slower there), R(2+1)D-18 trained 1.42x faster and R2D-18 1.28x. So
-`keras-r21d train` turns them on for every network.
+`keras-r21d train` (and `tune`, `study`) turns them on for every network.
+Inference with them, folded, with R(2+1)D's temporal kernels as `Conv3D`
+(`keras_r21d.layers.video_conv.TEMPORAL_CONV3D`), ran R3D-18 1.39-1.46x,
+MC3-18 1.20-1.35x and R(2+1)D-18 at batch 8 1.34x faster there, R(2+1)D-18
+at batch 1 7% slower; so `evaluate`, `predict` and `extract` (batches of
+clips) turn them on too. `export` leaves TensorFlow's choice.
 
 TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` once, when it is imported: a value the
 user set always wins, and a process that imported TensorFlow already keeps
@@ -24,7 +29,7 @@ VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
 
 def training_value():
-    """The `TF_ENABLE_ONEDNN_OPTS` a training process here runs with: the user's if set, else "1" on x86, else None.
+    """The `TF_ENABLE_ONEDNN_OPTS` the package's commands run with: the user's if set, else "1" on x86, else None.
 
     (On other processors the variable means other kernels: TensorFlow's choice stays.)
     """

@@ -262,10 +262,10 @@ class VideoConv(keras.layers.Layer):
     def _subsample(x, strides):
         """`x[:, ::st, ::sh, ::sw]`; where each axis divides by its stride, as a reshape and a stride-1 slice.
 
-        TensorFlow's `StridedSlice` with strides on three axes copied
-        R(2+1)D-18's shortcut inputs 2.5-4x slower than a slice with unit
-        strides of a reshaped view, in inference and training alike
-        (BENCHMARKS.md). The view is `(N*T', st*H', sh, W', sw*C)`: the first
+        TensorFlow's `StridedSlice` with strides on three axes made
+        R(2+1)D-18's largest shortcut 3-4x slower in inference, and its
+        forward and backward pass 1.2-1.5x slower in training, than a slice
+        with unit strides of a reshaped view (BENCHMARKS.md). The view is `(N*T', st*H', sh, W', sw*C)`: the first
         `H'` of `st*H'` are frame 0 of each `st`, the first `C` of `sw*C`
         pixel 0 of each `sw`; 5-D, as TFLite's `STRIDED_SLICE` needs.
         """
@@ -451,11 +451,13 @@ def _temporal_as_conv3d(dtype):
     """Whether an `"auto"` temporal kernel's inference call is a 5-D `Conv3D` (`TEMPORAL_CONV3D`).
 
     By default on TensorFlow in float32 with oneDNN's kernels on: there
-    oneDNN's `Conv3D` ran R(2+1)D-18's `3 x 1 x 1` kernels 1.1-1.8x faster
-    than its 2D convolution with a `(3, 1)` kernel over `(N, T, H*W, C)`
-    (batch 1 and 8; BENCHMARKS.md). With Eigen's kernels the two were level
-    (the 2D one ahead by 0-10%), and in training the 5-D step (`Conv3D`
-    forward and input gradient) was no faster, so both keep the 2D lowering.
+    oneDNN's `Conv3D` ran R(2+1)D-18's `3 x 1 x 1` kernels up to 1.8x
+    faster than its 2D convolution with a `(3, 1)` kernel over
+    `(N, T, H*W, C)` (level on the smallest shapes), and the folded
+    network's inference 1.14x faster at batch 1 and 8 (BENCHMARKS.md). With
+    Eigen's kernels the two were level, and in training the 5-D step
+    (`Conv3D` forward and input gradient, the same tap kernel gradients)
+    was no faster, so both keep the 2D lowering.
     """
     if keras.backend.backend() != "tensorflow" or dtype != "float32":
         return False
