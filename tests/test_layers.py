@@ -439,6 +439,14 @@ def test_tap_kernel_gradient_runs_matmuls_and_keeps_no_padded_copy(kernel, strid
     assert sorted(readers.values(), key=sorted) == sorted(expected, key=sorted), readers
 
 
+def _with_onednn_off_and_on(script):
+    """`(TF_ENABLE_ONEDNN_OPTS, the words script printed)` for a Python script run with the variable at 0, then 1."""
+    for value in ("0", "1"):
+        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": value, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        yield value, subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                                    timeout=300, check=True).stdout.split()
+
+
 def test_temporal_kernel_infers_as_conv3d_where_tensorflow_runs_onednn():
     """By default an `"auto"` temporal kernel's inference is one `Conv3D` only where TensorFlow runs oneDNN's
     kernels (there it measured faster than the `(t, 1)` `Conv2D`), in float32; its training call, `"conv2d"`
@@ -447,10 +455,7 @@ def test_temporal_kernel_infers_as_conv3d_where_tensorflow_runs_onednn():
               "a = VideoConv(8, (3, 1, 1)); b = VideoConv(8, (3, 1, 1), implementation='conv2d'); "
               "c = VideoConv(8, (3, 1, 1), strides=(2, 1, 1), dtype='mixed_bfloat16'); "
               "print(onednn_enabled(), a.lowering, a.lowering_for(training=True), b.lowering, c.lowering)")
-    for value in ("0", "1"):
-        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": value, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
-                             check=True).stdout.split()
+    for value, out in _with_onednn_off_and_on(script):
         first = "conv3d" if out[0] == "True" else "temporal"
         assert out[1:] == [first, "temporal", "temporal", "temporal"], (value, out)
 
@@ -496,9 +501,6 @@ def test_tap_kernel_gradient_by_default_where_onednn_was_slower():
               "f((3, 3, 64, 230), (2, 2), 'float32'), f((7, 7, 3, 45), (2, 2), 'float32'), "
               "f((3, 3, 16, 32), (1, 1), 'float32'), f((1, 1, 64, 128), (1, 1), 'float32'), "
               "f((3, 1, 144, 64), (1, 1), 'bfloat16'), f((3, 3, 3, 64, 64), (1, 1, 1), 'float32'))")
-    for value in ("0", "1"):
-        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": value, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
-                             check=True).stdout.split()
+    for value, out in _with_onednn_off_and_on(script):
         onednn = out[0]
         assert out[1:] == [onednn] * 3 + ["False"] * 6, (value, out)

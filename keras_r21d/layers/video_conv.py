@@ -265,9 +265,10 @@ class VideoConv(keras.layers.Layer):
         TensorFlow's `StridedSlice` with strides on three axes made
         R(2+1)D-18's largest shortcut 3-4x slower in inference, and its
         forward and backward pass 1.2-1.5x slower in training, than a slice
-        with unit strides of a reshaped view (BENCHMARKS.md). The view is `(N*T', st*H', sh, W', sw*C)`: the first
-        `H'` of `st*H'` are frame 0 of each `st`, the first `C` of `sw*C`
-        pixel 0 of each `sw`; 5-D, as TFLite's `STRIDED_SLICE` needs.
+        with unit strides of a reshaped view (BENCHMARKS.md). The view is
+        `(N*T', st*H', sh, W', sw*C)`: the first `H'` of `st*H'` are frame 0
+        of each `st`, index 0 of `sh` row 0 of each `sh`, the first `C` of
+        `sw*C` pixel 0 of each `sw`; 5-D, as TFLite's `STRIDED_SLICE` needs.
         """
         (t, h, w, c), (st, sh, sw) = x.shape[1:], strides
         if any(d is None or d % s for d, s in zip((t, h, w), strides)):
