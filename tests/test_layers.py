@@ -504,3 +504,128 @@ def test_tap_kernel_gradient_by_default_where_onednn_was_slower():
     for value, out in _with_onednn_off_and_on(script):
         onednn = out[0]
         assert out[1:] == [onednn] * 3 + ["False"] * 6, (value, out)
+
+
+def _training_step_values(layer, x, weights, compiled):
+    """A layer's training call: its outputs, the gradients of `sum(y * weights)` (input, then trainable
+    variables) and its non-trainable variables after the call."""
+    import tensorflow as tf
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * weights)
+        return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    values = [np.asarray(t) for t in (tf.function(step) if compiled else step)(x)]
+    return values + [np.asarray(v) for v in layer.non_trainable_variables]
+
+
+def _recomputed_activations(layer, x):
+    """How many `relu(bn(x))` a traced training step of `layer` computes again: the inference-mode batch norms
+    of its backward pass."""
+    import tensorflow as tf
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x, training=True))
+        return tape.gradient(loss, layer.trainable_variables)
+
+    graph = tf.function(step).get_concrete_function(x).graph
+    return sum(op.type == "FusedBatchNormV3" and not op.get_attr("is_training") for op in graph.get_operations())
+
+
+@pytest.mark.parametrize("make,compiled,sites", [
+    (lambda: Conv2Plus1D(12), True, 1),
+    (lambda: Conv2Plus1D(12, strides=2), True, 1),
+    (lambda: Conv2Plus1D(12, strides=2), False, 1),
+    (lambda: BasicBlock(8, conv_type="2plus1d", stride=2, midplanes="torchvision"), True, 3),
+    (lambda: BasicBlock(6, conv_type="3d"), True, 1),
+    (lambda: BottleneckBlock(4, conv_type="2d", stride=2), True, 2),
+], ids=["2plus1d", "2plus1d-strided", "2plus1d-strided-eager", "basic-2plus1d", "basic-3d", "bottleneck-2d"])
+def test_training_recomputes_bn_relu_activations_to_the_same_values(make, compiled, sites, monkeypatch):
+    """Training on TensorFlow, each `BatchNorm -> ReLU -> conv` inside Conv2Plus1D and the residual blocks
+    computes `relu(bn(x))` again in the backward pass (`RECOMPUTE_ACTIVATION`; `sites` of them in the layer):
+    the outputs, the gradients of the input and of every variable, and the moving averages are those of the
+    layers run one after another (to float rounding), traced or eager."""
+    import tensorflow as tf
+
+    from keras_r21d.layers import recompute
+
+    x = tf.constant(random_clip((2, 6, 10, 9, 5), seed=3))
+    results = {}
+    for recomputed in (False, True):
+        monkeypatch.setattr(recompute, "RECOMPUTE_ACTIVATION", recomputed)
+        keras.utils.set_random_seed(1)
+        layer = make()
+        layer.build(x.shape)
+        rng = np.random.default_rng(5)
+        for variable in layer.weights:
+            if variable.path.endswith(("gamma", "beta")):  # not the initial 1 and 0
+                variable.assign(rng.uniform(0.5, 1.5, variable.shape) if variable.path.endswith("gamma")
+                                else rng.normal(0, 0.5, variable.shape))
+        weights = random_clip(layer.compute_output_shape(x.shape), seed=4)
+        results[recomputed] = _training_step_values(layer, x, weights, compiled)
+        assert _recomputed_activations(layer, x) == (sites if recomputed else 0)
+    names = ["outputs", "input gradient", *(f"gradient of {v.path}" for v in layer.trainable_variables),
+             *(v.path for v in layer.non_trainable_variables)]
+    assert len(names) == len(results[True]) == len(results[False])
+    for name, plain, recomputed in zip(names, results[False], results[True]):
+        assert np.abs(recomputed - plain).max() <= 1e-5 * max(1.0, np.abs(plain).max()), name
+
+
+def test_training_recomputes_bn_relu_activations_only_where_it_applies():
+    """The recomputation runs for the layers every network builds, training in float32 on TensorFlow; inference,
+    a frozen BatchNorm, bfloat16 and the folded form (a conv with bias and ReLU, no BatchNorm) run the layers one
+    after another."""
+    from keras_r21d.layers.recompute import recomputes
+
+    x = keras.ops.zeros((1, 4, 8, 8, 3))
+    layer = Conv2Plus1D(8)
+    layer.build(x.shape)
+    mid = layer.spatial(x)
+    assert recomputes(layer.bn, mid, layer.temporal, True) and not recomputes(layer.bn, mid, layer.temporal, False)
+    layer.bn.trainable = False
+    assert not recomputes(layer.bn, mid, layer.temporal, True)
+    bf16 = Conv2Plus1D(8, dtype="mixed_bfloat16")
+    bf16.build(x.shape)
+    assert not recomputes(bf16.bn, keras.ops.cast(mid, "bfloat16"), bf16.temporal, True)
+    folded = Conv2Plus1D(8, inner_batchnorm=False)
+    folded.build(x.shape)
+    assert folded.bn is None and not recomputes(folded.bn, mid, folded.temporal, True)
+
+
+def test_conv2plus1d_training_step_keeps_no_activation_for_the_backward_pass():
+    """What the recomputation is for: the training step's peak of allocated bytes (TensorFlow's BFC allocator's
+    own count) over eight Conv2Plus1D layers falls by at least three of their `relu(bn(x))` activations (seven
+    are no longer kept; a convolution's gradient's work space is part of either peak), with TensorFlow's and
+    oneDNN's kernels. (It would not if the recomputation ran before the backward pass, or if the forward pass's
+    copy were kept.)"""
+    script = """
+import numpy as np, tensorflow as tf, keras
+from keras_r21d.layers import Conv2Plus1D, recompute
+x = tf.constant(np.random.default_rng(0).normal(size=(2, 8, 32, 32, 16)).astype("float32"))
+model = keras.Sequential([keras.Input(x.shape[1:])] + [Conv2Plus1D(16, midplanes=128) for _ in range(8)])
+peaks = []
+for recomputed in (False, True):
+    recompute.RECOMPUTE_ACTIVATION = recomputed
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True) ** 2)
+        return tape.gradient(loss, model.trainable_variables)
+    step(x)
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    step(x)
+    peaks.append(tf.config.experimental.get_memory_info("CPU:0")["peak"])
+print(*peaks)
+"""
+    activation = 2 * 8 * 32 * 32 * 128 * 4  # one relu(bn(x)) of 128 channels, float32
+    os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # the peak counted with oneDNN's kernels off too
+    try:
+        runs = list(_with_onednn_off_and_on(script))
+    finally:
+        del os.environ["TF_CPU_ALLOCATOR_USE_BFC"]
+    for value, (kept, recomputed) in runs:
+        assert int(kept) - int(recomputed) >= 3 * activation, (value, kept, recomputed)

@@ -90,6 +90,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--implementation", default="auto", choices=["auto", "conv2d", "conv3d", "shifted"])
     parser.add_argument("--keep-batchnorm", action="store_true", help="keras inference without BatchNorm folding")
+    parser.add_argument("--keep-activation", action="store_true",
+                        help="keras training keeps relu(bn(x)) for the backward pass (`keep_activation`)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args(argv)
@@ -98,7 +100,7 @@ def main(argv=None):
     results = {"keras_r21d": profile_side(
         [sys.executable, "-m", "keras_r21d.bench._keras_worker", str(args.threads)],
         dict(setup, implementation=args.implementation,
-             fold_batchnorm=args.mode == "infer" and not args.keep_batchnorm),
+             fold_batchnorm=args.mode == "infer" and not args.keep_batchnorm, keep_activation=args.keep_activation),
         args.steps, args.warmup, "keras")}
     if not args.no_torch:
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "keras_r21d", "bench",

@@ -10,7 +10,9 @@ the bench's batch and mode before the first step), `plain_batchnorm` (Keras' own
 convolutions keep their padded input for the backward pass, as before `VideoConv` padded again),
 `kernel_gradient` (`"taps"` or `"conv"`: whether 2D convolutions' kernel gradients run as MatMuls per
 kernel tap on TensorFlow, `keras_r21d.layers.video_conv.TAP_KERNEL_GRADIENT`), `temporal_conv3d`
-(True or False: whether temporal kernels infer as one 5-D `Conv3D` on TensorFlow, `TEMPORAL_CONV3D`);
+(True or False: whether temporal kernels infer as one 5-D `Conv3D` on TensorFlow, `TEMPORAL_CONV3D`),
+`keep_activation` (each `BatchNorm -> ReLU -> conv` keeps `relu(bn(x))` for the backward pass, as before
+`keras_r21d.layers.recompute`);
 `pipeline` (TensorFlow) times the training input pipeline on real encoded videos. On JAX and PyTorch the
 worker imports no TensorFlow: torch and TensorFlow must not share a process.
 """
@@ -161,6 +163,8 @@ def main(threads):
         # `temporal_conv3d`: True or False forces how temporal kernels infer on TensorFlow (`TEMPORAL_CONV3D`;
         # by default a 5-D `Conv3D` with oneDNN on).
         keras_r21d.layers.video_conv.TEMPORAL_CONV3D = command.get("temporal_conv3d")
+        # `keep_activation`: relu(bn(x)) kept for the backward pass (the before of `recompute.bn_relu_conv`).
+        keras_r21d.layers.recompute.RECOMPUTE_ACTIVATION = not command.get("keep_activation")
         shape = (command["frames"], command["size"], command["size"], 3)
         model = keras_r21d.get_model(command["model"], input_shape=shape, classes=400, midplanes="torchvision",
                                      implementation=command.get("implementation", "auto"),

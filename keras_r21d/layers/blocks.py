@@ -4,6 +4,7 @@ import keras
 
 from keras_r21d.layers.batchnorm import BatchNormalization
 from keras_r21d.layers.conv2plus1d import Conv2Plus1D
+from keras_r21d.layers.recompute import bn_relu_conv, recomputes
 from keras_r21d.layers.utils import freeze_built_sublayers, paper_midplanes
 from keras_r21d.layers.video_conv import VideoConv, check_implementation
 
@@ -148,6 +149,16 @@ class _ResidualBlock(keras.layers.Layer):
             x = bn(x, training=training)
         return relu(x) if relu is not None else x
 
+    @staticmethod
+    def _bn_relu_conv(bn, relu, x, conv, training):
+        """`conv(relu(bn(x)))`; in training on TensorFlow without keeping `relu(bn(x))` (`bn_relu_conv`), for a
+        `Conv2Plus1D` up to its spatial convolution."""
+        first = conv.spatial if isinstance(conv, Conv2Plus1D) else conv
+        if recomputes(bn, x, first, training):
+            y = bn_relu_conv(bn, x, first)
+            return conv._after_spatial(y, training) if first is not conv else y
+        return conv(_ResidualBlock._norm(bn, x, training, relu), training=training)
+
     def conv_bn_pairs(self):
         """`[(conv, bn or None)]`: every conv of the block with the BatchNorm that follows it."""
         pairs = list(zip(self._convs(), self._bns()))
@@ -218,7 +229,9 @@ class BasicBlock(_ResidualBlock):
     `Conv2Plus1D` (`"2plus1d"`). The first conv carries the stride: `2x2x2`
     for 3D and (2+1)D blocks, `1x2x2` for 2D blocks. The shortcut is the
     identity, or a `1x1x1` conv with the same stride plus BatchNorm when the
-    width or the stride changes.
+    width or the stride changes. Training on TensorFlow, `relu(bn(x))`
+    between the convolutions is computed again in the backward pass rather
+    than kept (`keras_r21d.layers.recompute`).
 
     Args:
         filters: int, the block's output channels.
@@ -273,8 +286,8 @@ class BasicBlock(_ResidualBlock):
         freeze_built_sublayers(self)
 
     def call(self, inputs, training=None):
-        x = self._norm(self.bn1, self.conv1(inputs, training=training), training, self.relu1)
-        x = self._norm(self.bn2, self.conv2(x, training=training), training)
+        x = self._bn_relu_conv(self.bn1, self.relu1, self.conv1(inputs, training=training), self.conv2, training)
+        x = self._norm(self.bn2, x, training)
         return self.out_relu(x + self._shortcut(inputs, training))
 
 
@@ -331,7 +344,7 @@ class BottleneckBlock(_ResidualBlock):
         freeze_built_sublayers(self)
 
     def call(self, inputs, training=None):
-        x = self._norm(self.bn1, self.conv1(inputs), training, self.relu1)
-        x = self._norm(self.bn2, self.conv2(x, training=training), training, self.relu2)
-        x = self._norm(self.bn3, self.conv3(x), training)
+        x = self._bn_relu_conv(self.bn1, self.relu1, self.conv1(inputs), self.conv2, training)
+        x = self._bn_relu_conv(self.bn2, self.relu2, x, self.conv3, training)
+        x = self._norm(self.bn3, x, training)
         return self.out_relu(x + self._shortcut(inputs, training))

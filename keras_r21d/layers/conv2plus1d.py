@@ -3,6 +3,7 @@
 import keras
 
 from keras_r21d.layers.batchnorm import BatchNormalization
+from keras_r21d.layers.recompute import bn_relu_conv, recomputes
 from keras_r21d.layers.utils import conv_output_length, freeze_built_sublayers, normalize_triple, paper_midplanes
 from keras_r21d.layers.video_conv import VideoConv, check_implementation
 
@@ -25,6 +26,12 @@ class Conv2Plus1D(keras.layers.Layer):
     `Conv3D` on TensorFlow with its oneDNN CPU kernels on, where that ran
     faster (`VideoConv`'s `"auto"`). `"conv3d"` runs the same weights as two
     5-D convolutions (the reference lowering).
+
+    Training on TensorFlow (float32), `relu(bn(spatial(x)))` is computed
+    again in the backward pass instead of being kept from the forward one
+    (`keras_r21d.layers.recompute`; the residual blocks do the same between
+    their convolutions): the same values and gradients, and an R(2+1)D-18
+    step at batch 8 peaked about 1 GB lower (BENCHMARKS.md).
 
     Args:
         filters: int, output channels `N_out`.
@@ -142,7 +149,12 @@ class Conv2Plus1D(keras.layers.Layer):
         freeze_built_sublayers(self)
 
     def call(self, inputs, training=None):
-        x = self.spatial(inputs)
+        return self._after_spatial(self.spatial(inputs), training)
+
+    def _after_spatial(self, x, training):
+        """`temporal(relu(bn(x)))`; in training on TensorFlow without keeping `relu(bn(x))` (`bn_relu_conv`)."""
+        if recomputes(self.bn, x, self.temporal, training):
+            return bn_relu_conv(self.bn, x, self.temporal)
         if self.bn is not None:
             x = self.relu(self.bn(x, training=training))
         return self.temporal(x)

@@ -190,19 +190,20 @@ class VideoConv(keras.layers.Layer):
         shape = tuple(inputs.shape)
         if all(d is not None for d in shape[1:]):
             self._call_shape = shape  # the last fully known input shape: what autotune_lowering measures
-        training = bool(training)
-        lowering = self.lowering_for(training, shape)
+        return self._lowered(inputs, bool(training), self.kernel)
+
+    def _lowered(self, inputs, training, kernel):
+        """The call's lowering with `kernel` (the layer's, or the value `bn_relu_conv` read for its gradient)."""
+        lowering = self.lowering_for(training, tuple(inputs.shape))
         if lowering == "conv3d":
-            outputs = self._conv3d(inputs, training)
-        elif lowering == "spatial":
-            outputs = self._spatial(inputs, training)
-        elif lowering == "temporal":
-            outputs = self._temporal(inputs, training)
-        elif lowering == "shifted":
-            outputs = self._shifted(inputs, training)
-        else:
-            outputs = self._im2col(inputs, training)
-        return outputs
+            return self._conv(inputs, kernel, self.strides, self.padding, training)
+        if lowering == "spatial":
+            return self._spatial(inputs, training, kernel)
+        if lowering == "temporal":
+            return self._temporal(inputs, training, kernel)
+        if lowering == "shifted":
+            return self._shifted(inputs, training, kernel)
+        return self._im2col(inputs, training, kernel)
 
     def _bias_activation(self, y):
         """Bias and activation right after the convolution op (where TensorFlow's remapper fuses them)."""
@@ -226,14 +227,11 @@ class VideoConv(keras.layers.Layer):
         """
         return all(s == 1 and k % 2 == 1 and p == k // 2 for k, s, p in zip(kernel, strides, pad))
 
-    def _conv3d(self, x, training):
-        return self._conv(x, self.kernel, self.strides, self.padding, training)
-
     def _conv(self, x, kernel, strides, pad, training):
         """`_conv_only`, then the bias and activation."""
         return self._bias_activation(self._conv_only(x, kernel, strides, pad, training))
 
-    def _spatial(self, x, training):
+    def _spatial(self, x, training, kernel):
         _, h, w = self.kernel_size
         _, sh, sw = self.strides
         _, ph, pw = self.padding
@@ -253,7 +251,7 @@ class VideoConv(keras.layers.Layer):
             x = x[:, ::st]
         shape = ops.shape(x)
         frames = ops.reshape(x, (-1, shape[2], shape[3], shape[4]))
-        kernel = ops.reshape(self.kernel, (h, w, shape[4], self.filters))
+        kernel = ops.reshape(kernel, (h, w, shape[4], self.filters))
         y = self._conv(frames, kernel, (sh, sw), (ph, pw), training)
         yshape = ops.shape(y)
         return ops.reshape(y, (-1, shape[1], yshape[1], yshape[2], self.filters))
@@ -277,7 +275,7 @@ class VideoConv(keras.layers.Layer):
         x = ops.reshape(x, (-1, st * h, sh, w, sw * c))[:, :h, 0, :, :c]
         return ops.reshape(x, (-1, t, h, w, c))
 
-    def _temporal(self, x, training):
+    def _temporal(self, x, training, kernel):
         t = self.kernel_size[0]
         st, sh, sw = self.strides
         pt, ph, pw = self.padding
@@ -287,7 +285,7 @@ class VideoConv(keras.layers.Layer):
             x = x[:, :, ::sh, ::sw]
         shape = ops.shape(x)
         tubes = ops.reshape(x, (-1, shape[1], shape[2] * shape[3], shape[4]))
-        kernel = ops.reshape(self.kernel, (t, 1, shape[4], self.filters))
+        kernel = ops.reshape(kernel, (t, 1, shape[4], self.filters))
         y = self._conv(tubes, kernel, (st, 1), (pt, 0), training)
         return ops.reshape(y, (-1, ops.shape(y)[1], shape[2], shape[3], self.filters))
 
@@ -319,7 +317,7 @@ class VideoConv(keras.layers.Layer):
         out_t = (shape[1] - t) // st + 1
         return shape, out_t, [x[:, k : k + (out_t - 1) * st + 1 : st] for k in range(t)]
 
-    def _im2col(self, x, training):
+    def _im2col(self, x, training, kernel):
         t, h, w = self.kernel_size
         _, sh, sw = self.strides
         _, ph, pw = self.padding
@@ -328,12 +326,12 @@ class VideoConv(keras.layers.Layer):
         stacked = ops.concatenate(taps, axis=-1)
         sshape = ops.shape(stacked)
         frames = ops.reshape(stacked, (-1, shape[2], shape[3], t * shape[4]))
-        kernel = ops.reshape(ops.transpose(self.kernel, (1, 2, 0, 3, 4)), (h, w, t * shape[4], self.filters))
+        kernel = ops.reshape(ops.transpose(kernel, (1, 2, 0, 3, 4)), (h, w, t * shape[4], self.filters))
         y = self._conv(frames, kernel, (sh, sw), (ph, pw), training)
         yshape = ops.shape(y)
         return ops.reshape(y, (-1, sshape[1], yshape[1], yshape[2], self.filters))
 
-    def _shifted(self, x, training):
+    def _shifted(self, x, training, kernel):
         _, sh, sw = self.strides
         _, ph, pw = self.padding
         # Output frame j is the sum over taps k of tap k's 2D kernel on padded frame j*st + k.
@@ -341,7 +339,7 @@ class VideoConv(keras.layers.Layer):
         y = None
         for k, frames in enumerate(taps):
             frames = ops.reshape(frames, (-1, shape[2], shape[3], shape[4]))
-            tap = self._conv_only(frames, self.kernel[k], (sh, sw), (ph, pw), training)
+            tap = self._conv_only(frames, kernel[k], (sh, sw), (ph, pw), training)
             y = tap if y is None else y + tap
         y = self._bias_activation(y)
         yshape = ops.shape(y)
