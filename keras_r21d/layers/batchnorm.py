@@ -68,12 +68,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         flat = tf.reshape(x, tf.stack([-1, shape[-3], shape[-2], channels])) if len(x.shape) == 5 else x
         gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones((channels,), "float32")
         beta = tf.cast(self.beta, "float32") if self.center else tf.zeros((channels,), "float32")
-        empty = tf.constant([], "float32")
-        outputs, mean, unbiased, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=flat, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
-            exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
-        count = tf.cast(tf.size(flat) // channels, "float32")
-        self._update_moving_averages(mean, unbiased * (tf.maximum(count - 1.0, 0.0) / count))
+        outputs, mean, variance, _ = fused_training_batch_norm(flat, gamma, beta, self.epsilon)
+        self._update_moving_averages(mean, variance)
         return tf.cast(tf.reshape(outputs, shape), self.compute_dtype)
 
     def _torch_training_call(self, inputs):
@@ -100,3 +96,21 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self._update_moving_averages(mean, unbiased * ((count - 1) / count))
         outputs = outputs.permute(0, *range(2, rank), 1)
         return keras.ops.cast(outputs, self.compute_dtype)
+
+
+def fused_training_batch_norm(flat, gamma, beta, epsilon):
+    """TensorFlow: `FusedBatchNormV3` in training over the 4-D NHWC `flat`.
+
+    Returns `(outputs, mean, variance, reserve)`: the batch mean, the
+    biased batch variance it normalized with (the kernel's unbiased one
+    times `(n - 1) / n`, as Keras' moving averages use), and the three
+    reserve spaces its gradient, `FusedBatchNormGradV3`, reads.
+    """
+    import tensorflow as tf
+
+    empty = tf.constant([], "float32")
+    outputs, mean, unbiased, *reserve = tf.raw_ops.FusedBatchNormV3(
+        x=flat, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=epsilon,
+        exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+    count = tf.cast(tf.size(flat) // flat.shape[-1], "float32")
+    return outputs, mean, unbiased * (tf.maximum(count - 1.0, 0.0) / count), reserve

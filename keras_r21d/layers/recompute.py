@@ -22,6 +22,8 @@ has the training step's peak memory and speed with and without it.
 
 import keras
 
+from keras_r21d.layers.batchnorm import fused_training_batch_norm
+
 RECOMPUTE_ACTIVATION = True
 
 
@@ -51,7 +53,6 @@ def bn_relu_conv(bn, x, conv):
     epsilon = bn.epsilon
     shape = tf.shape(x)
     channels = x.shape[-1]
-    empty = tf.constant([], "float32")
 
     def convolve(a, kernel):
         a = tf.reshape(a, shape)
@@ -60,11 +61,7 @@ def bn_relu_conv(bn, x, conv):
 
     @tf.custom_gradient
     def forward(flat, gamma, beta, kernel):
-        y, mean, unbiased, saved_mean, saved_variance, reserve = tf.raw_ops.FusedBatchNormV3(
-            x=flat, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=epsilon,
-            exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
-        count = tf.cast(tf.size(flat) // channels, "float32")
-        variance = unbiased * (tf.maximum(count - 1.0, 0.0) / count)  # the biased variance it normalized with
+        y, mean, variance, reserve = fused_training_batch_norm(flat, gamma, beta, epsilon)
         outputs = convolve(tf.nn.relu(y), kernel)
 
         def gradient(doutputs, *_):  # the statistics have no gradient: they only feed the moving averages
@@ -77,10 +74,10 @@ def bn_relu_conv(bn, x, conv):
                 tape.watch([a, kernel])
                 recomputed = convolve(a, kernel)
             da, dkernel = tape.gradient(recomputed, [a, kernel], output_gradients=doutputs)
-            dy = tf.raw_ops.ReluGrad(gradients=tf.reshape(da, tf.shape(a)), features=a)
+            dy = tf.raw_ops.ReluGrad(gradients=da, features=a)
             dflat, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-                y_backprop=dy, x=flat, scale=gamma, reserve_space_1=saved_mean, reserve_space_2=saved_variance,
-                reserve_space_3=reserve, epsilon=epsilon, data_format="NHWC", is_training=True)
+                y_backprop=dy, x=flat, scale=gamma, reserve_space_1=reserve[0], reserve_space_2=reserve[1],
+                reserve_space_3=reserve[2], epsilon=epsilon, data_format="NHWC", is_training=True)
             return dflat, dgamma, dbeta, dkernel
 
         return (outputs, mean, variance), gradient
