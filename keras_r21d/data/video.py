@@ -6,7 +6,9 @@ Frames come back as RGB `uint8` arrays of shape `(n, H, W, 3)`, grayscale
 files included.
 """
 
+import functools
 import os
+import tempfile
 import threading
 import time
 
@@ -20,7 +22,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 if os.environ["OPENCV_LOG_LEVEL"] == "ERROR":  # also when cv2 was imported (and read the variable) before us
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    if hasattr(cv2.utils, "logging"):  # OpenCV 4.13 and 5.x
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    else:  # 4.12 and earlier: the same level (ERROR = 2) through the top-level function
+        cv2.setLogLevel(2)
 
 # Below this many frames between two needed frames we grab() through instead
 # of seeking (a seek decodes from the previous keyframe anyway).
@@ -38,12 +43,41 @@ MAX_DECODE_PIXELS = 2**30
 SHRINK_ABOVE = 4
 
 
-# Codecs that the FFmpeg inside opencv-python(-headless) cannot decode in software (it opens their files
-# and then decodes no frame): FOURCC -> name. Checked by tests/test_video.py's codec table.
+# Codecs that some builds of the FFmpeg inside opencv-python(-headless) cannot decode in software (they open
+# the file and then decode no frame): FOURCC -> name. opencv-python(-headless) up to 5.0 has no AV1 decoder,
+# 5.1 has one; `build_decodes` asks the build itself. Checked by tests/test_video.py's codec table.
 UNSUPPORTED_CODECS = {"AV01": "AV1", "av01": "AV1"}
 CODEC_NAMES = {"avc1": "H.264", "h264": "H.264", "H264": "H.264", "hev1": "HEVC", "hvc1": "HEVC", "hevc": "HEVC",
                "VP90": "VP9", "vp09": "VP9", "VP80": "VP8", "mp4v": "MPEG-4", "FMP4": "MPEG-4", "XVID": "MPEG-4",
                "MJPG": "MJPEG", "ffv1": "FFV1", **UNSUPPORTED_CODECS}
+# One 16x16 gray frame of each such codec, as small as its encoder writes it (AV1: libaom, `ffmpeg -f lavfi -i
+# color=c=gray:size=16x16 -frames:v 1 -c:v libaom-av1 -cpu-used 8 probe.ivf`, 71 bytes of IVF).
+_PROBES = {"AV1": (".ivf", bytes.fromhex(
+    "444b4946000020004156303110001000190000000100000001000000000000001b000000000000000000000012000a0a000000019ff9b5"
+    "f20080320b1000c0000002800000009c"))}
+
+_DECODED_SINCE = {"AV1": "; opencv-python(-headless) decodes it from 5.1"}
+
+
+@functools.cache
+def build_decodes(codec):
+    """Whether this OpenCV/FFmpeg build decodes `codec` (a name of `UNSUPPORTED_CODECS`), by decoding a frame.
+
+    Decodes a tiny embedded file once per process; codecs every build decodes are True without a probe.
+    """
+    if codec not in _PROBES:
+        return codec not in UNSUPPORTED_CODECS.values()
+    suffix, data = _PROBES[codec]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "probe" + suffix)
+        with open(path, "wb") as file:
+            file.write(data)
+        cap = cv2.VideoCapture(path)
+        try:
+            ok, frame = cap.read()
+        finally:
+            cap.release()
+    return bool(ok) and frame is not None
 
 
 def codec_of(cap):
@@ -58,9 +92,10 @@ def codec_of(cap):
 def _no_frames_reason(cap):
     """Why a file that opened decodes no frame: the codec when this build lacks it, else the plain fact."""
     codec = codec_of(cap)
-    if codec in UNSUPPORTED_CODECS.values():
-        return (f"{codec}: not supported by this OpenCV/FFmpeg build (opencv-python decodes no {codec}); re-encode "
-                "to H.264, e.g. ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4")
+    if not build_decodes(codec):
+        return (f"{codec}: not supported by this OpenCV/FFmpeg build (its FFmpeg has no {codec} decoder"
+                f"{_DECODED_SINCE.get(codec, '')}); re-encode to H.264, e.g. "
+                "ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4")
     return f"no decodable frames ({codec})"
 
 
