@@ -41,6 +41,9 @@ def test_bench_runs_both_sides_and_reports(tmp_path):
             if torch_available():
                 ratio = row["ratio" if name == "keras_r21d" else f"ratio_{name.rsplit('_', 1)[1]}"]
                 assert ratio == keras_side["clips_per_s"] / row["torchvision"]["clips_per_s"]
+    # A toy network's call takes milliseconds: its repetitions are many calls (at most 100), each side the same.
+    assert data["settings"]["min_rep_seconds"] == 1.0 and 1 < data["rows"][0]["calls"] <= 100
+    assert "each repetition at least 1 s" in result.stdout
     assert ("torchvision" in data["rows"][0]) == torch_available()
     assert result.stdout == markdown(data)
     assert "| r2plus1d_18 | train | 1 |" in result.stdout and "Input pipeline:" in result.stdout
@@ -51,6 +54,14 @@ def test_bench_runs_both_sides_and_reports(tmp_path):
     assert isinstance(onednn, bool) and f"TensorFlow's oneDNN kernels {'on' if onednn else 'off'}" in result.stdout
     if "TF_ENABLE_ONEDNN_OPTS" not in os.environ and platform.machine().lower() in ("x86_64", "amd64"):
         assert onednn is True
+
+
+def test_a_repetition_is_enough_calls_for_the_minimum_time():
+    from keras_r21d.bench import MAX_CALLS, calls_per_rep
+
+    assert calls_per_rep(0.3, 1.0) == 4 and calls_per_rep(0.25, 1.0) == 4
+    assert calls_per_rep(2.0, 1.0) == 1 and calls_per_rep(0.3, 0) == 1
+    assert calls_per_rep(1e-4, 1.0) == MAX_CALLS == 100
 
 
 def test_the_bench_worker_reports_the_users_onednn_choice():

@@ -6,9 +6,13 @@ alternates them repetition by repetition so that drift of the machine hits
 both alike, and takes the median after warm-up. FLOPs are 2 x the
 multiply-adds of `model_stats` (x3 for a training step); the fp32 peak is the
 faster of TensorFlow's and PyTorch's 4096^3 GEMM, measured in the same run.
+A repetition lasts at least `min_rep_seconds` on the fastest side: where
+one call is shorter (batch-1 inference), each repetition times enough calls
+in a row (the same number on every side) and reports the seconds of one.
 """
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -91,8 +95,19 @@ def ratio_key(name):
     return "ratio" if name == "keras_r21d" else f"ratio_{side_backend(name)}"
 
 
+# At most this many calls in one repetition (a toy network's call takes milliseconds).
+MAX_CALLS = 100
+
+
+def calls_per_rep(seconds, min_rep_seconds):
+    """Calls that make a repetition last `min_rep_seconds` when one call of the fastest side takes `seconds`."""
+    if min_rep_seconds <= 0 or seconds <= 0:
+        return 1
+    return max(1, min(MAX_CALLS, math.ceil(min_rep_seconds / seconds)))
+
+
 def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size=112, with_torch=None,
-        pipeline=True, memory=True, log=print, fold_batchnorm=True, backends=("tensorflow",)):
+        pipeline=True, memory=True, log=print, fold_batchnorm=True, backends=("tensorflow",), min_rep_seconds=1.0):
     """Runs the benchmark; returns a dict with `rows`, `peak_gflops`, `pipeline`, `memory`, `machine`.
 
     keras_r21d runs on each of `backends` (Keras backends, each in its own
@@ -100,7 +115,9 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
     `keras_r21d_jax`, `keras_r21d_torch`). Its inference rows time
     `fold_batchnorm(model)` (what its exports and `predict` run) unless
     `fold_batchnorm=False`; torchvision's time the model in eval mode, as it
-    ships. All the workers of a row alternate repetition by repetition.
+    ships. All the workers of a row alternate repetition by repetition; a
+    repetition is `row["calls"]` calls, enough for `min_rep_seconds` on the
+    fastest side after the warm-up (0: one call).
     With several backends each row also names its `fastest_backend`, and
     `markdown` prints them in one line.
     """
@@ -113,8 +130,8 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
         sides.append(("torchvision", torchvision_worker(threads)))
     result = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                           "threads": threads},
-              "settings": {"reps": reps, "warmup": warmup, "frames": frames, "size": size,
-                           "fold_batchnorm": fold_batchnorm, "backends": list(backends)}, "rows": []}
+              "settings": {"reps": reps, "warmup": warmup, "min_rep_seconds": min_rep_seconds, "frames": frames,
+                           "size": size, "fold_batchnorm": fold_batchnorm, "backends": list(backends)}, "rows": []}
     for _, worker in sides:
         result["machine"].update({k: v for k, v in worker.info.items() if k not in ("ready", "backend")})
     try:
@@ -130,14 +147,17 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
                     answer = worker.ask(**setup, **({} if name == "torchvision" else
                                                     {"fold_batchnorm": fold_batchnorm and mode == "infer"}))
                     stats = stats or answer
+                for rep in range(warmup):
+                    for _, worker in (sides if rep % 2 == 0 else sides[::-1]):
+                        worker.ask(op="run")
+                # One more call each sizes the repetitions.
+                calls = calls_per_rep(min(worker.ask(op="run")["seconds"] for _, worker in sides), min_rep_seconds)
                 times = {name: [] for name, _ in sides}
-                for rep in range(warmup + reps):
+                for rep in range(reps):
                     for name, worker in (sides if rep % 2 == 0 else sides[::-1]):
-                        seconds = worker.ask(op="run")["seconds"]
-                        if rep >= warmup:
-                            times[name].append(seconds)
+                        times[name].append(worker.ask(op="run", calls=calls)["seconds"])
                 flops = 2 * stats["macs"] * (3 if mode == "train" else 1)
-                row = {"model": model, "mode": mode, "batch": batch}
+                row = {"model": model, "mode": mode, "batch": batch, "calls": calls}
                 for name, _ in sides:
                     median = statistics.median(times[name])
                     row[name] = {"median_s": median, "clips_per_s": batch / median,
@@ -229,7 +249,10 @@ def markdown(result):
     lines = [f"{machine['processor']}, {machine['cpus']} CPUs, {machine['threads']} threads each side; "
              + "; ".join(versions)
              + f"; {result['settings']['frames']}x{result['settings']['size']}x{result['settings']['size']} clips; "
-             f"median of {result['settings']['reps']} after {result['settings']['warmup']} warm-up, alternating; "
+             f"median of {result['settings']['reps']} after {result['settings']['warmup']} warm-up, alternating"
+             + (f", each repetition at least {result['settings']['min_rep_seconds']:g} s (several calls where one "
+                "is shorter)"
+                if result["settings"].get("min_rep_seconds") else "") + "; "
              f"fp32 peak (GEMM) {result['peak_gflops']:.0f} GFLOP/s; keras_r21d inference "
              + ("with BatchNorm folded (`fold_batchnorm`)" if result["settings"].get("fold_batchnorm", True)
                 else "with BatchNorm layers as trained (`--keep-batchnorm`)"), ""]
@@ -264,6 +287,9 @@ def main(argv=None):
     parser.add_argument("--modes", default="infer1,infer8,train4", help="comma-separated MODEBATCH")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--min-rep-seconds", type=float, default=1.0,
+                        help="a repetition times enough calls in a row to last this long on the fastest side "
+                             "(0: one call)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=112)
@@ -287,7 +313,8 @@ def main(argv=None):
                  threads=args.threads, frames=args.frames, size=args.size,
                  with_torch=False if args.no_torch else None, pipeline=not args.no_pipeline,
                  memory=not args.no_memory, log=lambda text: print(text, file=sys.stderr, flush=True),
-                 fold_batchnorm=not args.keep_batchnorm, backends=tuple(args.backends.split(",")))
+                 fold_batchnorm=not args.keep_batchnorm, backends=tuple(args.backends.split(",")),
+                 min_rep_seconds=args.min_rep_seconds)
     print(markdown(result), end="")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

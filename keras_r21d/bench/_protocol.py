@@ -25,7 +25,9 @@ def timed_median(function, reps):
 def serve(ready, setup, gemm, extra=None, profile=None):
     """Answers commands until `exit` or end of input.
 
-    `setup(command)` returns `(run, answer)`: the timed callable and the reply;
+    `setup(command)` returns `(run, answer)`: the timed callable and the reply
+    (`{"op": "run", "calls": k}` times k calls in a row and answers the
+    seconds per call);
     `gemm(n)` returns a callable multiplying two `n x n` float32 matrices;
     `extra` maps more op names to `f(command) -> answer`; `profile(run, steps)`
     runs the set-up callable `steps` times under the framework's profiler and
@@ -43,10 +45,12 @@ def serve(ready, setup, gemm, extra=None, profile=None):
         try:
             if op == "setup":
                 state["run"], answer = setup(command)
-            elif op == "run":
+            elif op == "run":  # `calls` back-to-back calls; the seconds of one
+                calls = int(command.get("calls", 1))
                 start = time.perf_counter()
-                state["run"]()
-                answer = {"seconds": time.perf_counter() - start}
+                for _ in range(calls):
+                    state["run"]()
+                answer = {"seconds": (time.perf_counter() - start) / calls}
             elif op == "gemm":
                 answer = {"gflops": 2 * command["n"] ** 3 / timed_median(gemm(command["n"]), command["reps"]) / 1e9}
             elif op == "profile" and profile is not None:
