@@ -1,4 +1,6 @@
 import functools
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -437,6 +439,65 @@ def test_tap_kernel_gradient_runs_matmuls_and_keeps_no_padded_copy(kernel, strid
         forward_pad = False
     expected = [] if padding == (0, 0, 0) else [{"StridedSlice"}] + ([{"Conv2D"}] if forward_pad else [])
     assert sorted(readers.values(), key=sorted) == sorted(expected, key=sorted), readers
+
+
+_JAX_TAPS_SCRIPT = """
+import json, re, sys
+import jax, keras, numpy as np
+from keras_r21d.layers import VideoConv, video_conv
+results = []
+for frames, kernel, strides, padding, implementation in json.loads(sys.argv[1]):
+    x = np.random.default_rng(0).normal(size=(2, frames, 7, 6, 40)).astype("float32")
+    layer = VideoConv(5, tuple(kernel), strides=tuple(strides), padding=padding and tuple(padding),
+                      implementation=implementation)
+    layer.build(x.shape)
+    weights = np.random.default_rng(1).normal(size=layer.compute_output_shape(x.shape)).astype("float32")
+    seen, counts = [], []
+    for taps in (True, False):
+        video_conv.TAP_KERNEL_GRADIENT = taps
+        def loss(kernel, x):  # a new function: jax.jit caches traces by function
+            y = layer.stateless_call([kernel], [], x, training=True)[0]
+            return (y * weights).sum(), y
+        step = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+        (_, y), (dkernel, dx) = jax.jit(step)(layer.kernel.value, x)
+        seen.append([np.asarray(y), np.asarray(dx), np.asarray(dkernel)])
+        text = jax.jit(step).lower(layer.kernel.value, x).compile().as_text()  # XLA's program, dead code gone
+        counts.append([len(re.findall(r" convolution\\(", text)), len(re.findall(r" dot\\(", text))])
+    video_conv.TAP_KERNEL_GRADIENT = None
+    diff = max(float(np.abs(a - b).max() / max(1.0, np.abs(b).max())) for a, b in zip(*seen))
+    results.append({"diff": diff, "counts": counts, "default": video_conv._tap_kernel_gradient(
+        (kernel[1], kernel[2], 40, 5) if kernel[0] == 1 else (kernel[0], 1, 40, 5), strides[1:], "float32")})
+f = video_conv._tap_kernel_gradient  # XLA's own where the taps are few channels, and in bfloat16
+print(json.dumps({"cases": results, "stem": f((7, 7, 3, 45), (2, 2), "float32"),
+                  "bfloat16": f((3, 3, 64, 144), (1, 1), "bfloat16")}))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (make test installs it)")
+def test_tap_kernel_gradient_on_jax_is_the_convolutions():
+    """On JAX (whose CPU kernel gradient of a convolution ran R(2+1)D's shapes 1.4-4x slower than the products),
+    a 2D convolution's kernel gradient is one `dot_general` per tap by default: the outputs, input and kernel
+    gradients of XLA's own convolution gradient (to 1e-5); in XLA's compiled step the kernel gradient's
+    convolution is gone and one product per tap is there (the input gradient's convolution stays)."""
+    cases = [(6, (3, 1, 1), (1, 1, 1), None, "auto"), (7, (3, 1, 1), (2, 1, 1), None, "auto"),
+             (6, (3, 1, 1), (1, 2, 2), (1, 0, 0), "auto"), (4, (3, 1, 1), (1, 1, 1), (0, 0, 0), "auto"),
+             (3, (1, 3, 3), (1, 1, 1), None, "auto"), (3, (1, 3, 3), (1, 2, 2), None, "auto"),
+             (3, (1, 3, 2), (1, 1, 1), (0, 1, 0), "auto"), (4, (3, 3, 3), (2, 2, 2), None, "shifted")]
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", _JAX_TAPS_SCRIPT, json.dumps(cases)], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout.splitlines()[-1])
+    assert output["stem"] is False and output["bfloat16"] is False
+    for case, found in zip(cases, output["cases"]):
+        t, h, w = case[1]
+        # The 2D convolutions of the lowering (a full kernel "shifted": one per temporal tap) and their taps.
+        convs, taps_each = (t, h * w) if t > 1 and h * w > 1 else (1, t * h * w)
+        (tap_convs, tap_dots), (plain_convs, plain_dots) = found["counts"]
+        assert found["diff"] <= 1e-5, (case, found)
+        assert plain_convs == 3 * convs and tap_convs == 2 * convs, (case, found)  # forward, input, kernel
+        assert tap_dots - plain_dots == convs * taps_each, (case, found)
+        assert found["default"] is True, (case, found)
 
 
 def _with_onednn_off_and_on(script):

@@ -14,14 +14,16 @@ padding again), `autotune` and
 `folded_autotune` (each full 3D kernel's lowering measured first by
 `keras_r21d.layers.autotune_lowering`, at the bench's batch and mode),
 `tap_grad` and `conv_grad` (every 2D convolution's kernel gradient as one
-MatMul per kernel tap, or as TensorFlow's `Conv2DBackpropFilter`, whatever
-oneDNN's state: by default the taps run with oneDNN on, for temporal and
-stride-1 spatial kernels), `temporal_conv3d` and `temporal_conv2d` (inference of
+MatMul per kernel tap, or as the framework's own convolution gradient,
+TensorFlow's `Conv2DBackpropFilter` whatever oneDNN's state or XLA's on
+JAX: by default the taps run with oneDNN on, for temporal and stride-1
+spatial kernels, and on JAX for kernels over 32 or more channels), `temporal_conv3d` and `temporal_conv2d` (inference of
 temporal kernels as one 5-D `Conv3D`, or as a `(t, 1)` `Conv2D`, whatever
 oneDNN's state: by default `Conv3D` with oneDNN on), `keep_activation`
 (each `BatchNorm -> ReLU -> conv` keeps `relu(bn(x))` for the backward pass
 instead of computing it again there: `keras_r21d.layers.recompute`),
-`torch` (the package on `KERAS_BACKEND=torch`) and `torch_keras_ops` (the
+`jax` (the package on `KERAS_BACKEND=jax`; `jax+conv_grad` is XLA's own
+kernel gradients there), `torch` (on `KERAS_BACKEND=torch`) and `torch_keras_ops` (the
 same with Keras' own `ops.conv` and BatchNormalization code, the before of
 the layers' torch kernels); CONFIGS is
 a comma-separated subset, and `A+B` runs configurations A and B together
@@ -37,6 +39,7 @@ a comma-separated subset, and `A+B` runs configurations A and B together
     python tools/bench_settings.py r2plus1d_18 train 4 onednn_on,conv3d+onednn_on
     python tools/bench_settings.py r2plus1d_18 infer 1 folded_onednn_on,folded_onednn_on+temporal_conv2d
     python tools/bench_settings.py r2plus1d_18 train 4 default,keep_activation
+    python tools/bench_settings.py r2plus1d_18 train 4 jax,jax+conv_grad
 """
 
 import os
@@ -67,6 +70,7 @@ CONFIGS = {  # name: (environment, setup arguments)
     "temporal_conv3d": ({}, {"temporal_conv3d": True}),
     "temporal_conv2d": ({}, {"temporal_conv3d": False}),
     "keep_activation": ({}, {"keep_activation": True}),
+    "jax": ({"KERAS_BACKEND": "jax"}, {}),
     "torch": ({"KERAS_BACKEND": "torch"}, {}),
     "torch_keras_ops": ({"KERAS_BACKEND": "torch"}, {"plain_batchnorm": True, "keras_conv": True}),
 }

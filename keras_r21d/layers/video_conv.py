@@ -19,9 +19,10 @@ RECOMPUTE_PAD = True
 # Off only to measure the difference (`tools/bench_settings.py`'s `torch_keras_ops`).
 DIRECT_TORCH_CONV = True
 
-# Whether 2D convolutions' kernel gradients are one MatMul per tap on TensorFlow (`_tap_gradient_conv`):
-# None = where `_tap_kernel_gradient` measured them faster (with oneDNN's kernels on); True or False
-# forces it for every 2D kernel of more than one tap (`tools/bench_settings.py`'s `tap_grad`, `conv_grad`).
+# Whether 2D convolutions' kernel gradients are one MatMul per tap on TensorFlow and JAX (`_tap_gradient_conv`):
+# None = on a CPU, where `_tap_kernel_gradient` measured them faster (TensorFlow with oneDNN's kernels on,
+# JAX); True or False forces it for every 2D kernel of more than one tap (`tools/bench_settings.py`'s
+# `tap_grad`, `conv_grad`).
 TAP_KERNEL_GRADIENT = None
 
 # Whether a temporal `t x 1 x 1` kernel with `implementation="auto"` runs as one 5-D `Conv3D` in inference
@@ -74,8 +75,10 @@ class VideoConv(keras.layers.Layer):
     Training on TensorFlow with its oneDNN CPU kernels on, the kernel
     gradient of a temporal kernel, or of a stride-1 spatial one over 32 or
     more channels, runs as one MatMul per kernel tap instead of oneDNN's
-    `Conv2DBackpropFilter`, 1.3-8x slower on those shapes (float32; the same
-    values to float rounding; `TAP_KERNEL_GRADIENT`).
+    `Conv2DBackpropFilter`, 1.3-8x slower on those shapes; on JAX on a CPU,
+    that of every 2D kernel over 32 or more channels, instead of XLA's,
+    1.4-4x slower (float32; the same values to float rounding;
+    `TAP_KERNEL_GRADIENT`).
 
     Args:
         filters: int, the number of output channels.
@@ -353,6 +356,8 @@ class VideoConv(keras.layers.Layer):
         if DIRECT_TORCH_CONV and keras.backend.backend() == "torch":
             return _torch_conv(x, kernel, strides, pad)
         if training and _tap_kernel_gradient(kernel.shape, strides, self.compute_dtype):
+            if keras.backend.backend() == "jax":
+                return _jax_tap_gradient_conv(x, kernel, strides, pad)
             return _tap_gradient_conv(x, kernel, strides, pad)
         if self._same(kernel.shape[:-2], strides, pad):
             return ops.conv(x, kernel, strides=1, padding="same")
@@ -482,24 +487,43 @@ def temporal_conv2d():
 def _tap_kernel_gradient(kernel_shape, strides, dtype):
     """Whether a 2D convolution trains through `_tap_gradient_conv` (`TAP_KERNEL_GRADIENT`).
 
-    By default when TensorFlow runs oneDNN's kernels, for the shapes where
-    the MatMuls measured faster than oneDNN's `Conv2DBackpropFilter`: a
-    temporal `(t, 1)` kernel, or a stride-1 spatial one over at least 32
-    channels (not the stem's 7x7 over 3 channels, nor strided ones: there
-    oneDNN's was faster). float32 only: a bfloat16 MatMul's sum over every
-    position (Eigen's, on a CPU without AVX-512) came 1-4% away from the
-    convolution's gradient.
+    By default on a CPU only (no GPU visible to TensorFlow; JAX's default
+    backend the CPU). On TensorFlow when it runs oneDNN's kernels, for the
+    shapes where the MatMuls measured faster than oneDNN's
+    `Conv2DBackpropFilter`: a temporal `(t, 1)` kernel, or a stride-1
+    spatial one over at least 32 channels (not the stem's 7x7 over 3
+    channels, nor strided ones: there oneDNN's was faster). On JAX for every
+    kernel over at least 32 channels, strided ones included (XLA's kernel
+    gradient ran R(2+1)D's shapes 1.4-4x slower than the products, level on
+    the smallest; `_jax_tap_gradient_conv`). float32 only: a bfloat16
+    MatMul's sum over every position (Eigen's, on a CPU without AVX-512)
+    came 1-4% away from the convolution's gradient.
     """
     kh, kw, channels = kernel_shape[0], kernel_shape[1], kernel_shape[2]
-    if (keras.backend.backend() != "tensorflow" or dtype != "float32" or len(kernel_shape) != 4
-            or kh * kw == 1):
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax") or dtype != "float32" or len(kernel_shape) != 4 or kh * kw == 1:
         return False
     if TAP_KERNEL_GRADIENT is not None:
         return TAP_KERNEL_GRADIENT
+    if not _computes_on_cpu():  # a GPU's convolution gradients (cuDNN's) are not the CPU kernels measured here
+        return False
+    temporal = kw == 1 and kh > 1
+    if backend == "jax":
+        return channels >= 32
     from keras_r21d.onednn import onednn_enabled
 
-    temporal = kw == 1 and kh > 1
     return bool(onednn_enabled()) and (temporal or (tuple(strides) == (1, 1) and channels >= 32))
+
+
+def _computes_on_cpu():
+    """Whether the backend computes on the CPU: TensorFlow sees no GPU, JAX's default backend is the CPU."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() == "cpu"
+    import tensorflow as tf
+
+    return not tf.config.list_logical_devices("GPU")
 
 
 def _tap_gradient_conv(x, kernel, strides, pad):
@@ -549,6 +573,48 @@ def _tap_gradient_conv(x, kernel, strides, pad):
         return tf.nn.conv2d(tf.pad(x, paddings), kernel, [1, sh, sw, 1], "VALID"), gradient
 
     return conv(x, tf.cast(kernel, x.dtype))
+
+
+def _jax_tap_gradient_conv(x, kernel, strides, pad):
+    """JAX: `_tap_gradient_conv`, a 2D convolution whose kernel gradient is one `dot_general` per tap.
+
+    Forward and input gradient are XLA's convolution and its transpose. On
+    a CPU, XLA's kernel gradient of the convolution ran R(2+1)D's shapes
+    1.4-3x slower than these products (BENCHMARKS.md), the same weakness
+    as oneDNN's `Conv2DBackpropFilter`.
+    """
+    import jax
+
+    kh, kw, channels, filters = kernel.shape
+    sh, sw = strides
+    padding = ((pad[0], pad[0]), (pad[1], pad[1]))
+
+    def conv(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, (sh, sw), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    @jax.custom_vjp
+    def tap_conv(x, kernel):
+        return conv(x, kernel)
+
+    def forward(x, kernel):
+        return conv(x, kernel), (x, kernel)
+
+    def backward(residuals, dy):
+        x, kernel = residuals
+        dx = jax.vjp(lambda x: conv(x, kernel), x)[1](dy)[0]  # its forward convolution is dead code
+        padded = jax.numpy.pad(x, ((0, 0), *padding, (0, 0))) if any(pad) else x
+        n, out_h, out_w = dy.shape[:3]
+        rows = dy.reshape(-1, filters)
+        taps = []
+        for i in range(kh):
+            for j in range(kw):
+                window = jax.lax.slice(padded, (0, i, j, 0), (n, i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1,
+                                                               channels), (1, sh, sw, 1))
+                taps.append(jax.lax.dot_general(window.reshape(-1, channels), rows, (((0,), (0,)), ((), ()))))
+        return dx, jax.numpy.stack(taps).reshape(kernel.shape)
+
+    tap_conv.defvjp(forward, backward)
+    return tap_conv(x, ops.cast(kernel, x.dtype))
 
 
 def _torch_conv(x, kernel, strides, pad):
