@@ -81,7 +81,9 @@ def test_old_model_files_give_their_recorded_outputs(folder, name):
     recorded = np.load(os.path.join(folder, "outputs.npz"))
     model = keras.models.load_model(os.path.join(folder, f"{name}.keras"), safe_mode=True)
     outputs = np.asarray(model(recorded["clips"], training=False))
-    np.testing.assert_allclose(outputs, recorded[name], atol=1e-6)
+    # 1e-5: the recorded outputs came from another CPU, and oneDNN's kernels sum in another order on each
+    # instruction set (R(2+1)D-50's 50 layers came 1.2e-6 away on an AVX-512 Xeon; the rest within 1e-6).
+    np.testing.assert_allclose(outputs, recorded[name], atol=1e-5)
     folded = keras_r21d.fold_batchnorm(model)
     np.testing.assert_allclose(np.asarray(folded(recorded["clips"], training=False)), recorded[name], atol=1e-4)
 
