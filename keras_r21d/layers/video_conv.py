@@ -507,10 +507,11 @@ def _tap_kernel_gradient(kernel_shape, strides, dtype):
         return TAP_KERNEL_GRADIENT
     if not _computes_on_cpu():  # a GPU's convolution gradients (cuDNN's) are not the CPU kernels measured here
         return False
-    temporal = kw == 1 and kh > 1
     if backend == "jax":
         return channels >= 32
     from keras_r21d.onednn import onednn_enabled
+
+    temporal = kw == 1 and kh > 1
 
     return bool(onednn_enabled()) and (temporal or (tuple(strides) == (1, 1) and channels >= 32))
 
@@ -580,7 +581,7 @@ def _jax_tap_gradient_conv(x, kernel, strides, pad):
 
     Forward and input gradient are XLA's convolution and its transpose. On
     a CPU, XLA's kernel gradient of the convolution ran R(2+1)D's shapes
-    1.4-3x slower than these products (BENCHMARKS.md), the same weakness
+    1.4-4x slower than these products (BENCHMARKS.md), the same weakness
     as oneDNN's `Conv2DBackpropFilter`.
     """
     import jax
