@@ -23,9 +23,14 @@ def _bench(out, *args):
 def test_bench_runs_both_sides_and_reports(tmp_path):
     out = tmp_path / "bench.json"
     backends = ["tensorflow"]
-    result = _bench(out, "--models", "r2plus1d_18", "--reps", "2", "--warmup", "1")
+    result = _bench(out, "--models", "r2plus1d_18", "--reps", "2", "--warmup", "1", "--memory-processes", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())
+    # The peak memory of each side: the median of 2 fresh processes, each one's kept.
+    assert sorted(data["memory_runs"]) == sorted(data["memory"]) and "keras_r21d" in data["memory"]
+    for name, runs in data["memory_runs"].items():
+        assert len(runs) == 2 and data["memory"][name] == round(sum(runs) / 2), (name, runs)
+        assert f"{name} {data['memory'][name]} ({min(runs)}-{max(runs)})" in result.stdout
     assert [(r["model"], r["mode"], r["batch"]) for r in data["rows"]] == [("r2plus1d_18", "infer", 1),
                                                                          ("r2plus1d_18", "train", 1)]
     assert data["peak_gflops"] > 1 and data["pipeline"]["clips_per_second"] > 0

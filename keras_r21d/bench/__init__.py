@@ -107,7 +107,8 @@ def calls_per_rep(seconds, min_rep_seconds):
 
 
 def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size=112, with_torch=None,
-        pipeline=True, memory=True, log=print, fold_batchnorm=True, backends=("tensorflow",), min_rep_seconds=1.0):
+        pipeline=True, memory=True, log=print, fold_batchnorm=True, backends=("tensorflow",), min_rep_seconds=1.0,
+        memory_processes=3):
     """Runs the benchmark; returns a dict with `rows`, `peak_gflops`, `pipeline`, `memory`, `machine`.
 
     keras_r21d runs on each of `backends` (Keras backends, each in its own
@@ -119,7 +120,8 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
     repetition is `row["calls"]` calls, enough for `min_rep_seconds` on the
     fastest side after the warm-up (0: one call).
     With several backends each row also names its `fastest_backend`, and
-    `markdown` prints them in one line.
+    `markdown` prints them in one line. `memory` is the median peak RSS of
+    `memory_processes` fresh processes per side (`memory_runs` each one's).
     """
     unknown = [backend for backend in backends if backend not in BACKENDS]
     if unknown or not backends:
@@ -174,8 +176,8 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
         for _, worker in sides:
             worker.close()
     if memory and "tensorflow" in backends:
-        result["memory"] = _memory(threads, frames, size, with_torch)
-        log(f"peak RSS, R(2+1)D-18 training step at batch 8: {result['memory']}")
+        result["memory"], result["memory_runs"] = _memory(threads, frames, size, with_torch, memory_processes)
+        log(f"peak RSS, R(2+1)D-18 training step at batch 8: {result['memory_runs']}")
     if pipeline and "tensorflow" in backends:
         worker = keras_worker(threads)
         try:
@@ -187,19 +189,28 @@ def run(models=MODELS, modes=MODES, reps=5, warmup=1, threads=2, frames=16, size
     return result
 
 
-def _memory(threads, frames, size, with_torch):
-    """Peak RSS (MB) of a fresh process that builds R(2+1)D-18 and runs training steps at batch 8."""
-    memory = {}
-    for name in ("keras_r21d", "torchvision") if with_torch else ("keras_r21d",):
-        worker = torchvision_worker(threads) if name == "torchvision" else keras_worker(threads)
-        try:
-            worker.ask(op="setup", model="r2plus1d_18", mode="train", batch=8, frames=frames, size=size)
-            for _ in range(2):
-                worker.ask(op="run")
-            memory[name] = round(worker.ask(op="memory")["max_rss_mb"])
-        finally:
-            worker.close()
-    return memory
+def _memory(threads, frames, size, with_torch, processes=3):
+    """Peak RSS (MB) of fresh processes that build R(2+1)D-18 and run training steps at batch 8: `({side: median},
+    {side: [each process's]})`, the sides alternating process by process.
+
+    One process is not enough: TensorFlow runs independent ops of a step
+    side by side, in an order that changes from process to process, and the
+    peak with it (4541 to 6099 MB over 8 processes of the same step on an
+    AVX-512 Xeon; torchvision 5157 to 5275).
+    """
+    names = ("keras_r21d", "torchvision") if with_torch else ("keras_r21d",)
+    runs = {name: [] for name in names}
+    for _ in range(max(1, int(processes))):
+        for name in names:
+            worker = torchvision_worker(threads) if name == "torchvision" else keras_worker(threads)
+            try:
+                worker.ask(op="setup", model="r2plus1d_18", mode="train", batch=8, frames=frames, size=size)
+                for _ in range(2):
+                    worker.ask(op="run")
+                runs[name].append(round(worker.ask(op="memory")["max_rss_mb"]))
+            finally:
+                worker.close()
+    return {name: round(statistics.median(values)) for name, values in runs.items()}, runs
 
 
 def _sides(row):
@@ -266,8 +277,11 @@ def markdown(result):
     if fastest:  # with several backends: which one to run this network on, on this machine
         lines += ["", "Fastest Keras backend for keras_r21d here: " + "; ".join(fastest)]
     if "memory" in result:
-        lines += ["", "Peak RSS, R(2+1)D-18 training step at batch 8 (MB): "
-                  + ", ".join(f"{k} {v}" for k, v in result["memory"].items())]
+        runs = result.get("memory_runs", {})  # absent from a bench's JSON written before it measured several
+        lines += ["", "Peak RSS, R(2+1)D-18 training step at batch 8 (MB"
+                  + (f", median of {len(next(iter(runs.values())))} processes each" if runs else "") + "): "
+                  + ", ".join(f"{k} {v}" + (f" ({min(runs[k])}-{max(runs[k])})" if k in runs else "")
+                              for k, v in result["memory"].items())]
     if "pipeline" in result:
         train_rows = [r for r in result["rows"] if r["model"] == "r2plus1d_18" and r["mode"] == "train"]
         pipe = result["pipeline"]["clips_per_second"]
@@ -299,10 +313,15 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="keras_r21d only")
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-processes", type=int, default=3,
+                        help="fresh processes per side whose peak memory is measured; the median is reported "
+                             "(default 3: the peak of one TensorFlow process varies by about a GB)")
     parser.add_argument("--keep-batchnorm", action="store_true",
                         help="time keras_r21d inference without folding BatchNorm into the convolutions")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    if args.memory_processes < 1:
+        parser.error(f"--memory-processes must be >= 1. Received: {args.memory_processes}")
     modes = []
     for item in args.modes.split(","):
         mode = item.rstrip("0123456789")
@@ -314,7 +333,7 @@ def main(argv=None):
                  with_torch=False if args.no_torch else None, pipeline=not args.no_pipeline,
                  memory=not args.no_memory, log=lambda text: print(text, file=sys.stderr, flush=True),
                  fold_batchnorm=not args.keep_batchnorm, backends=tuple(args.backends.split(",")),
-                 min_rep_seconds=args.min_rep_seconds)
+                 min_rep_seconds=args.min_rep_seconds, memory_processes=args.memory_processes)
     print(markdown(result), end="")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
