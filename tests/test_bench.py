@@ -182,3 +182,17 @@ def test_bench_lowering_times_each_full_3d_conv_every_way():
             else:
                 assert ms[names.index(choice)] <= min(0.95 * ms[0], min(ms)) + 0.1, row
         assert float(row[9]) < 1e-4, row  # the same convolution
+
+
+def test_the_jax_worker_runs_on_the_threads_it_is_given():
+    """XLA's CPU client takes no thread count, so the JAX worker keeps its process on `threads` CPUs (as the
+    other sides run `threads` threads); with as many threads as CPUs it keeps them all."""
+    script = ("import os, sys; from keras_r21d.bench._keras_worker import _pin_threads; "
+              "before = len(os.sched_getaffinity(0)); _pin_threads('jax', int(sys.argv[1])); "
+              "print(before, len(os.sched_getaffinity(0)))")
+    for threads in (1, 64):
+        result = subprocess.run([sys.executable, "-c", script, str(threads)], capture_output=True, text=True,
+                                timeout=120, env={**os.environ, "KERAS_BACKEND": "jax"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        before, after = map(int, result.stdout.split())
+        assert after == min(threads, before), (threads, before, after)
