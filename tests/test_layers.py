@@ -566,7 +566,8 @@ again = [f(*case, "float32") for case in measured]  # remembered, not measured a
 again.append(f((16, 14, 14, 64), (3, 3, 64, 32), (1, 1), (1, 1), "float32"))  # only N differs: the same
 never = [f((8, 28, 28, 3), (7, 7, 3, 45), (2, 2), (3, 3), "float32"), f((8, 14, 14, 16), (3, 3, 16, 32), (1, 1),
          (1, 1), "float32"), f((8, 14, 14, 64), (1, 1, 64, 128), (1, 1), (0, 0), "float32"),
-         f((8, 14, 14, 64), (3, 3, 64, 32), (1, 1), (1, 1), "bfloat16")]
+         f((8, 14, 14, 64), (3, 3, 64, 32), (1, 1), (1, 1), "bfloat16"),
+         f((None, None, None, 64), (3, 3, 64, 32), (1, 1), (1, 1), "float32")]
 print(json.dumps({"onednn": onednn_enabled(), "first": first, "again": again, "never": never,
                   "entries": kg.kernel_gradient_choices()}))
 """
@@ -576,14 +577,14 @@ def test_tap_kernel_gradient_measured_per_shape_where_tensorflow_runs_onednn():
     """By default the MatMuls per tap run only where TensorFlow runs oneDNN's kernels and they measured faster
     there for the shape (timed once per process, at the traced shape; `UNKNOWN_ROWS` for an unknown batch; a
     shape differing only in its rows reuses it): each 2D kernel over 32 or more channels is measured once, both
-    ways timed, the choice `choose`'s of the times;
-    never measured for the stem's 7x7 over 3 channels, fewer channels, 1x1 kernels or bfloat16. With Eigen's
-    kernels nothing is measured and the framework's own gradient runs."""
+    ways timed, the choice `choose`'s of the times; never measured for the stem's 7x7 over 3 channels, fewer
+    channels, 1x1 kernels, bfloat16 or frames of unknown size. With Eigen's kernels nothing is measured and the
+    framework's own gradient runs."""
     from keras_r21d.layers.kernel_gradient import UNKNOWN_ROWS, choose
 
     for value, out in _with_onednn_off_and_on(_MEASURED_SCRIPT):
         found = json.loads(" ".join(out))  # the script printed one JSON line
-        assert found["never"] == [False] * 4, (value, found)
+        assert found["never"] == [False] * 5, (value, found)
         if not found["onednn"]:
             assert found["first"] == [False] * 3 and found["entries"] == [], (value, found)
             continue

@@ -27,7 +27,8 @@ rounding.
 Not measured (the framework's own gradient runs): other backends than
 TensorFlow (JAX on a CPU takes the MatMuls by rule, see
 `keras_r21d.layers.video_conv`), a GPU, TensorFlow with Eigen's kernels,
-bfloat16, kernels over fewer than 32 channels, and a process with
+bfloat16, kernels over fewer than 32 channels, a function traced for
+frames of unknown height or width, and a process with
 `tf.config.experimental.enable_op_determinism()` on (a timing must not
 choose a run's arithmetic there).
 `keras_r21d.layers.video_conv.TAP_KERNEL_GRADIENT = True` or `False` forces
@@ -119,9 +120,12 @@ def measured_taps(x_shape, kernel_shape, strides, pad):
 
     `x_shape` is the 2D convolution's `(N, H, W, C)` input shape, `N` the
     rows timed (`None`: `UNKNOWN_ROWS`); a shape differing only in `N`
-    reuses the measurement. `kernel_shape` is `(kh, kw, C, F)`. Call only
+    reuses the measurement; unknown `H`, `W` or `C` measure nothing (the
+    framework's gradient runs). `kernel_shape` is `(kh, kw, C, F)`. Call only
     where `kernel_gradient_measurable` says so.
     """
+    if any(d is None for d in x_shape[1:]):  # a function traced for frames of any size: nothing to time
+        return False
     key = _key(x_shape, kernel_shape, strides, pad)
     with _LOCK:  # MirroredStrategy traces its replicas in threads: one measures, the others wait and reuse it
         entry = _MEASURED.get(key)
