@@ -5,7 +5,6 @@ import contextlib
 import keras
 from keras import ops
 
-from keras_r21d.layers import kernel_gradient
 from keras_r21d.layers.lowering import measured_lowering
 from keras_r21d.layers.utils import conv_output_length, normalize_triple
 
@@ -21,9 +20,9 @@ RECOMPUTE_PAD = True
 DIRECT_TORCH_CONV = True
 
 # Whether 2D convolutions' kernel gradients are one MatMul per tap on TensorFlow and JAX (`_tap_gradient_conv`):
-# None = on a CPU, on TensorFlow with oneDNN's kernels for the shapes where they measured faster on this machine
-# (`keras_r21d.layers.kernel_gradient`), on JAX over 32 or more channels (`_tap_kernel_gradient`); True or False
-# forces it for every 2D kernel of more than one tap (`tools/bench_settings.py`'s `tap_grad`, `conv_grad`).
+# None = on a CPU, where `_tap_kernel_gradient` measured them faster (TensorFlow with oneDNN's kernels on,
+# JAX); True or False forces it for every 2D kernel of more than one tap (`tools/bench_settings.py`'s
+# `tap_grad`, `conv_grad`).
 TAP_KERNEL_GRADIENT = None
 
 # Whether a temporal `t x 1 x 1` kernel with `implementation="auto"` runs as one 5-D `Conv3D` in inference
@@ -73,14 +72,12 @@ class VideoConv(keras.layers.Layer):
       BENCHMARKS.md: which is faster depends on the CPU, not only on the
       shape).
 
-    Training on a CPU in float32, the kernel gradient of a 2D kernel over
-    32 or more channels may run as one MatMul per kernel tap: on
-    TensorFlow with its oneDNN kernels where that measured faster than
-    oneDNN's `Conv2DBackpropFilter` for the shape on this machine, timed
-    once per shape when a training call is first traced (1.3-8x faster on
-    an AVX2 EPYC, mostly slower on AVX-512 Xeons;
-    `keras_r21d.layers.kernel_gradient`); on JAX always, XLA's own being
-    1.4-4x slower (the same values to float rounding;
+    Training on TensorFlow with its oneDNN CPU kernels on, the kernel
+    gradient of a temporal kernel, or of a stride-1 spatial one over 32 or
+    more channels, runs as one MatMul per kernel tap instead of oneDNN's
+    `Conv2DBackpropFilter`, 1.3-8x slower on those shapes; on JAX on a CPU,
+    that of every 2D kernel over 32 or more channels, instead of XLA's,
+    1.4-4x slower (float32; the same values to float rounding;
     `TAP_KERNEL_GRADIENT`).
 
     Args:
@@ -358,7 +355,7 @@ class VideoConv(keras.layers.Layer):
         """
         if DIRECT_TORCH_CONV and keras.backend.backend() == "torch":
             return _torch_conv(x, kernel, strides, pad)
-        if training and _tap_kernel_gradient(x.shape, kernel.shape, strides, pad, self.compute_dtype):
+        if training and _tap_kernel_gradient(kernel.shape, strides, self.compute_dtype):
             if keras.backend.backend() == "jax":
                 return _jax_tap_gradient_conv(x, kernel, strides, pad)
             return _tap_gradient_conv(x, kernel, strides, pad)
@@ -487,21 +484,20 @@ def temporal_conv2d():
         TEMPORAL_CONV3D = saved
 
 
-def _tap_kernel_gradient(x_shape, kernel_shape, strides, pad, dtype):
-    """Whether a 2D convolution of `(N, H, W, C)` inputs trains through the MatMuls per tap (`TAP_KERNEL_GRADIENT`).
+def _tap_kernel_gradient(kernel_shape, strides, dtype):
+    """Whether a 2D convolution trains through `_tap_gradient_conv` (`TAP_KERNEL_GRADIENT`).
 
     By default on a CPU only (no GPU visible to TensorFlow; JAX's default
-    backend the CPU), float32 only (a bfloat16 MatMul's sum over every
-    position, Eigen's on a CPU without AVX-512, came 1-4% away from the
-    convolution's gradient), for kernels of more than one tap over at least
-    32 input channels (not the stem's 7x7 over 3). On TensorFlow with
-    oneDNN's kernels, where the MatMuls measured faster than oneDNN's
-    `Conv2DBackpropFilter` for this shape on this machine
-    (`keras_r21d.layers.kernel_gradient`: on an AVX2 EPYC they were 1.3-8x
-    faster on R(2+1)D's temporal and stride-1 spatial shapes, on AVX-512
-    Xeons oneDNN's own ran the step faster). On JAX always (XLA's kernel
+    backend the CPU). On TensorFlow when it runs oneDNN's kernels, for the
+    shapes where the MatMuls measured faster than oneDNN's
+    `Conv2DBackpropFilter`: a temporal `(t, 1)` kernel, or a stride-1
+    spatial one over at least 32 channels (not the stem's 7x7 over 3
+    channels, nor strided ones: there oneDNN's was faster). On JAX for every
+    kernel over at least 32 channels, strided ones included (XLA's kernel
     gradient ran R(2+1)D's shapes 1.4-4x slower than the products, level on
-    the smallest; `_jax_tap_gradient_conv`).
+    the smallest; `_jax_tap_gradient_conv`). float32 only: a bfloat16
+    MatMul's sum over every position (Eigen's, on a CPU without AVX-512)
+    came 1-4% away from the convolution's gradient.
     """
     kh, kw, channels = kernel_shape[0], kernel_shape[1], kernel_shape[2]
     backend = keras.backend.backend()
@@ -509,11 +505,15 @@ def _tap_kernel_gradient(x_shape, kernel_shape, strides, pad, dtype):
         return False
     if TAP_KERNEL_GRADIENT is not None:
         return TAP_KERNEL_GRADIENT
-    if backend == "jax":
-        return channels >= kernel_gradient.MIN_CHANNELS and _computes_on_cpu()
-    if not kernel_gradient.kernel_gradient_measurable(kernel_shape, dtype):
+    if not _computes_on_cpu():  # a GPU's convolution gradients (cuDNN's) are not the CPU kernels measured here
         return False
-    return kernel_gradient.measured_taps(tuple(x_shape), tuple(kernel_shape), tuple(strides), tuple(pad))
+    if backend == "jax":
+        return channels >= 32
+    from keras_r21d.onednn import onednn_enabled
+
+    temporal = kw == 1 and kh > 1
+
+    return bool(onednn_enabled()) and (temporal or (tuple(strides) == (1, 1) and channels >= 32))
 
 
 def _computes_on_cpu():
@@ -530,14 +530,16 @@ def _computes_on_cpu():
 def _tap_gradient_conv(x, kernel, strides, pad):
     """TensorFlow: a 2D convolution with symmetric padding `pad` whose kernel gradient is one MatMul per tap.
 
-    Forward and input gradient are TensorFlow's convolution ops; the kernel
-    gradient is `keras_r21d.layers.kernel_gradient.tap_kernel_gradient`.
-    On an AVX2 EPYC with oneDNN's kernels on, `Conv2DBackpropFilter` ran
-    the temporal and stride-1 spatial shapes of R(2+1)D 1.3-8x slower than
-    these MatMuls (an R(2+1)D-18 step at batch 4 spent 7.5 of 13 s in it;
-    BENCHMARKS.md); on AVX-512 Xeons mostly not, hence the measurement. The
+    Forward and input gradient are TensorFlow's convolution ops. The
+    gradient of tap `(i, j)` of the kernel is `window(i, j)^T @ dy`, where
+    `window(i, j)` holds the (padded) input pixels that tap read for every
+    output position: a `(C, F)` MatMul over all `N * H' * W'` positions.
+    With oneDNN's kernels on, `Conv2DBackpropFilter` ran the temporal and
+    stride-1 spatial shapes of R(2+1)D 1.3-8x slower than these MatMuls (an
+    R(2+1)D-18 step at batch 4 spent 7.5 of 13 s in it; BENCHMARKS.md). The
     backward pass pads the input again rather than keeping the forward
-    pass's padded copy (as `_padded_conv`).
+    pass's padded copy (as `_padded_conv`), and takes the windows one after
+    another, so at most one is alive.
     """
     import tensorflow as tf
 
@@ -556,7 +558,16 @@ def _tap_gradient_conv(x, kernel, strides, pad):
                 dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
                                                     strides=[1, sh, sw, 1], padding="EXPLICIT",
                                                     explicit_paddings=[value for pair in paddings for value in pair])
-            return dx, kernel_gradient.tap_kernel_gradient(x, dy, kernel.shape, strides, pad)
+            padded = _pad_again(x, paddings, dy) if any(pad) else x
+            out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
+            rows = tf.reshape(dy, (-1, kernel.shape[3]))
+            taps = []
+            for i in range(kh):
+                for j in range(kw):
+                    with tf.control_dependencies(taps[-1:]):  # one window alive at a time
+                        window = padded[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw]
+                    taps.append(tf.matmul(tf.reshape(window, (-1, kernel.shape[2])), rows, transpose_a=True))
+            return dx, tf.reshape(tf.stack(taps), tf.shape(kernel))
 
         if same:
             return tf.nn.conv2d(x, kernel, [1, sh, sw, 1], "SAME"), gradient
