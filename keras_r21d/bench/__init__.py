@@ -193,10 +193,10 @@ def _memory(threads, frames, size, with_torch, processes=3):
     """Peak RSS (MB) of fresh processes that build R(2+1)D-18 and run training steps at batch 8: `({side: median},
     {side: [each process's]})`, the sides alternating process by process.
 
-    One process is not enough: TensorFlow runs independent ops of a step
-    side by side, in an order that changes from process to process, and the
-    peak with it (4541 to 6099 MB over 8 processes of the same step on an
-    AVX-512 Xeon; torchvision 5157 to 5275).
+    One process is not enough: the peak of one TensorFlow process varied
+    from 4541 to 6099 MB over 13 processes of the same step on an AVX-512
+    Xeon (torchvision's 5157 to 5275 over 3; BENCHMARKS.md), for reasons
+    not found yet (the worker runs one inter-op thread).
     """
     names = ("keras_r21d", "torchvision") if with_torch else ("keras_r21d",)
     runs = {name: [] for name in names}
