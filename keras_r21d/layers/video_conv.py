@@ -512,7 +512,6 @@ def _tap_kernel_gradient(kernel_shape, strides, dtype):
     from keras_r21d.onednn import onednn_enabled
 
     temporal = kw == 1 and kh > 1
-
     return bool(onednn_enabled()) and (temporal or (tuple(strides) == (1, 1) and channels >= 32))
 
 
