@@ -7,10 +7,14 @@ import keras
 import numpy as np
 import pytest
 
-# The demo's recipe: a small R(2+1)D on 4 motion classes (two time-reversed pairs) of real videos.
-MOTION_RECIPE = dict(arch="r2plus1d", depth=10, frames=8, size=48, resize_to=(48, 64), batch_size=16, epochs=15,
+# The demo's recipe: a small R(2+1)D on 4 motion classes (two time-reversed pairs) of real videos. Every 4th frame
+# and 25 epochs: with every 2nd frame and 15 epochs, whether the network found the motion or memorized the
+# training videos was a draw that float rounding decided (a 1e-6 change to the kernel gradients flipped it); with
+# batch 8, weight decay or mixup 1 or 2 seeds of 4 fell below 0.40 Video@1, with lr 0.02 2 of 8, and with every
+# 4th frame at 15 epochs 1 of 8 (BENCHMARKS.md, "The learning run's two outcomes").
+MOTION_RECIPE = dict(arch="r2plus1d", depth=10, frames=8, size=48, resize_to=(48, 64), batch_size=16, epochs=25,
                      width_multiplier=0.25, lr=0.01, schedule="constant", weight_decay=0.0, nesterov=False,
-                     frame_stride=2, flip=False, test_clips=5, val_freq=100, tensorboard=False)
+                     frame_stride=4, flip=False, test_clips=5, val_freq=100, tensorboard=False)
 
 
 def needs(module):

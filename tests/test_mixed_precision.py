@@ -65,7 +65,7 @@ def test_mixed_bfloat16_learns_and_its_float32_copy_agrees(backend, epochs, data
     chance = 1 / 4
     report = answer["report"]
     assert report["videos"] == len(load_dataset(data, "test"))
-    if epochs is None:  # the recipe's 15 epochs
+    if epochs is None:  # the recipe's epochs
         assert report["video_top1"] >= 1.6 * chance, answer
 
     # The saved model computes in bfloat16 with float32 variables; its float32 copy is the network it serves.
