@@ -6,8 +6,8 @@ Ryzen, older Xeons) it runs Eigen's kernels, built for AVX without FMA. On an
 AVX2 EPYC (BENCHMARKS.md), with `TF_ENABLE_ONEDNN_OPTS=1`, the full 3D
 convolutions of R3D and MC3 trained about 2x faster, and, once the kernel
 gradients of R(2+1)D's temporal and stride-1 spatial convolutions ran as
-MatMuls (`keras_r21d.layers.video_conv`: oneDNN's `Conv2DBackpropFilter` is
-1.3-8x slower there), R(2+1)D-18 trained 1.42x faster and R2D-18 1.28x. So
+MatMuls (oneDNN's `Conv2DBackpropFilter` was 1.3-8x slower there; which
+runs is measured per shape, `keras_r21d.layers.kernel_gradient`), R(2+1)D-18 trained 1.42x faster and R2D-18 1.28x. So
 `keras-r21d train` (and `tune`, `study`) turns them on for every network.
 Inference with them, folded, with R(2+1)D's temporal kernels as `Conv3D`
 (`keras_r21d.layers.video_conv.TEMPORAL_CONV3D`), ran R3D-18 1.39-1.46x,

@@ -467,10 +467,11 @@ for frames, kernel, strides, padding, implementation in json.loads(sys.argv[1]):
     video_conv.TAP_KERNEL_GRADIENT = None
     diff = max(float(np.abs(a - b).max() / max(1.0, np.abs(b).max())) for a, b in zip(*seen))
     results.append({"diff": diff, "counts": counts, "default": video_conv._tap_kernel_gradient(
-        (kernel[1], kernel[2], 40, 5) if kernel[0] == 1 else (kernel[0], 1, 40, 5), strides[1:], "float32")})
+        (None, 7, 6, 40), (kernel[1], kernel[2], 40, 5) if kernel[0] == 1 else (kernel[0], 1, 40, 5), strides[1:],
+        (1, 1), "float32")})
 f = video_conv._tap_kernel_gradient  # XLA's own where the taps are few channels, and in bfloat16
-print(json.dumps({"cases": results, "stem": f((7, 7, 3, 45), (2, 2), "float32"),
-                  "bfloat16": f((3, 3, 64, 144), (1, 1), "bfloat16")}))
+print(json.dumps({"cases": results, "stem": f((2, 112, 112, 3), (7, 7, 3, 45), (2, 2), (3, 3), "float32"),
+                  "bfloat16": f((2, 56, 56, 64), (3, 3, 64, 144), (1, 1), (1, 1), "bfloat16")}))
 """
 
 
@@ -553,19 +554,125 @@ def test_temporal_kernel_as_conv3d_is_the_2d_lowering(monkeypatch, strides, padd
     np.testing.assert_allclose(three_d, expected, atol=1e-5)
 
 
-def test_tap_kernel_gradient_by_default_where_onednn_was_slower():
-    """By default the taps run where they measured faster than oneDNN's `Conv2DBackpropFilter`, so only when
-    TensorFlow runs oneDNN's kernels: temporal kernels and stride-1 spatial ones over 32 channels or more, in
-    float32; never for the stem's 7x7 over 3 channels, strided spatial kernels, 1x1 kernels or bfloat16."""
-    script = ("from keras_r21d.layers.video_conv import _tap_kernel_gradient as f; from keras_r21d.onednn import "
-              "onednn_enabled; print(onednn_enabled(), f((3, 1, 144, 64), (1, 1), 'float32'), "
-              "f((3, 1, 230, 128), (2, 1), 'float32'), f((3, 3, 64, 144), (1, 1), 'float32'), "
-              "f((3, 3, 64, 230), (2, 2), 'float32'), f((7, 7, 3, 45), (2, 2), 'float32'), "
-              "f((3, 3, 16, 32), (1, 1), 'float32'), f((1, 1, 64, 128), (1, 1), 'float32'), "
-              "f((3, 1, 144, 64), (1, 1), 'bfloat16'), f((3, 3, 3, 64, 64), (1, 1, 1), 'float32'))")
-    for value, out in _with_onednn_off_and_on(script):
-        onednn = out[0]
-        assert out[1:] == [onednn] * 3 + ["False"] * 6, (value, out)
+_MEASURED_SCRIPT = """
+import json
+from keras_r21d.layers import kernel_gradient as kg
+from keras_r21d.layers.video_conv import _tap_kernel_gradient as f
+from keras_r21d.onednn import onednn_enabled
+measured = [((8, 14, 14, 64), (3, 3, 64, 32), (1, 1), (1, 1)), ((2, 8, 196, 48), (3, 1, 48, 32), (2, 1), (1, 0)),
+            ((None, 9, 9, 40), (3, 3, 40, 24), (2, 2), (0, 0))]
+first = [f(*case, "float32") for case in measured]
+again = [f(*case, "float32") for case in measured]  # remembered, not measured again
+again.append(f((16, 14, 14, 64), (3, 3, 64, 32), (1, 1), (1, 1), "float32"))  # only N differs: the same
+never = [f((8, 28, 28, 3), (7, 7, 3, 45), (2, 2), (3, 3), "float32"), f((8, 14, 14, 16), (3, 3, 16, 32), (1, 1),
+         (1, 1), "float32"), f((8, 14, 14, 64), (1, 1, 64, 128), (1, 1), (0, 0), "float32"),
+         f((8, 14, 14, 64), (3, 3, 64, 32), (1, 1), (1, 1), "bfloat16"),
+         f((None, None, None, 64), (3, 3, 64, 32), (1, 1), (1, 1), "float32")]
+print(json.dumps({"onednn": onednn_enabled(), "first": first, "again": again, "never": never,
+                  "entries": kg.kernel_gradient_choices()}))
+"""
+
+
+def test_tap_kernel_gradient_measured_per_shape_where_tensorflow_runs_onednn():
+    """By default the MatMuls per tap run only where TensorFlow runs oneDNN's kernels and they measured faster
+    there for the shape (timed once per process, at the traced shape; `UNKNOWN_ROWS` for an unknown batch; a
+    shape differing only in its rows reuses it): each 2D kernel over 32 or more channels is measured once, both
+    ways timed, the choice `choose`'s of the times; never measured for the stem's 7x7 over 3 channels, fewer
+    channels, 1x1 kernels, bfloat16 or frames of unknown size. With Eigen's kernels nothing is measured and the
+    framework's own gradient runs."""
+    from keras_r21d.layers.kernel_gradient import UNKNOWN_ROWS, choose
+
+    for value, out in _with_onednn_off_and_on(_MEASURED_SCRIPT):
+        found = json.loads(" ".join(out))  # the script printed one JSON line
+        assert found["never"] == [False] * 5, (value, found)
+        if not found["onednn"]:
+            assert found["first"] == [False] * 3 and found["entries"] == [], (value, found)
+            continue
+        entries = found["entries"]
+        assert [e["input_shape"] for e in entries] == [[8, 14, 14, 64], [2, 8, 196, 48], [UNKNOWN_ROWS, 9, 9, 40]]
+        assert [e["kernel"][:2] for e in entries] == [[3, 3], [3, 1], [3, 3]]
+        for taps, entry in zip(found["first"], entries):
+            assert entry["ms"]["taps"] > 0 and entry["ms"]["conv"] > 0, entry
+            assert entry["choice"] == choose(entry["ms"]) and taps == (entry["choice"] == "taps"), entry
+        assert found["again"] == [*found["first"], found["first"][0]]
+
+
+@pytest.mark.parametrize("taps_ms,conv_ms,expected", [(10.0, 20.0, "taps"), (20.0, 10.0, "conv"),
+                                                      (9.7, 10.0, "conv")])
+def test_measured_kernel_gradient_is_what_the_step_runs(taps_ms, conv_ms, expected, monkeypatch):
+    """The measured choice is what a traced training step runs: one MatMul per tap and no
+    `Conv2DBackpropFilter` where the MatMuls measured faster by `MARGIN`, else the convolution's own gradient
+    (a near tie, 3% here, keeps it); the shape measured is the traced 2D convolution's input
+    `(N * T, H, W, C)`. (The times are set here; the test above times for real.)"""
+    import tensorflow as tf
+
+    from keras_r21d.layers import kernel_gradient
+
+    timed = []
+
+    def time_ways(x_shape, kernel_shape, strides, pad):
+        timed.append((x_shape, kernel_shape, strides, pad))
+        return {"taps": [taps_ms / 1e3], "conv": [conv_ms / 1e3]}, x_shape[0]
+
+    monkeypatch.setattr(kernel_gradient, "_time_ways", time_ways)
+    monkeypatch.setattr(kernel_gradient, "kernel_gradient_measurable", lambda kernel_shape, dtype: True)
+    kernel_gradient.clear_kernel_gradients()
+    try:
+        layer = VideoConv(8, (1, 3, 3))
+        layer.build((2, 3, 10, 10, 40))
+        graph = tf.function(_training_gradients(layer)).get_concrete_function(
+            tf.TensorSpec((2, 3, 10, 10, 40))).graph
+        ops = [op.type for op in graph.get_operations()]
+        assert timed == [((6, 10, 10, 40), (3, 3, 40, 8), (1, 1), (1, 1))]
+        (entry,) = kernel_gradient.kernel_gradient_choices()
+        assert entry["choice"] == expected and entry["ms"] == {"taps": taps_ms, "conv": conv_ms}
+    finally:
+        kernel_gradient.clear_kernel_gradients()
+    backprop = [op for op in ops if "BackpropFilter" in op]
+    matmuls = [op for op in ops if op.endswith("MatMul")]
+    assert (len(matmuls), len(backprop)) == ((9, 0) if expected == "taps" else (0, 1)), ops
+
+
+@pytest.mark.parametrize("shape,kernel,strides,pad", [((3, 9, 8, 5), (3, 3), (1, 1), (1, 1)),
+                                                      ((3, 9, 8, 5), (3, 3), (2, 2), (1, 1)),
+                                                      ((2, 7, 12, 4), (3, 1), (2, 1), (1, 0)),
+                                                      ((2, 7, 12, 4), (3, 1), (1, 1), (0, 0)),
+                                                      ((2, 9, 9, 3), (7, 7), (2, 2), (3, 3))])
+def test_both_measured_kernel_gradients_are_the_convolutions(shape, kernel, strides, pad):
+    """The two ways the measurement times (`tap_kernel_gradient`, `conv_kernel_gradient`) compute the kernel
+    gradient of the padded convolution, as TensorFlow's own gradient of `conv2d` gives it (to 1e-5)."""
+    import tensorflow as tf
+
+    from keras_r21d.layers.kernel_gradient import conv_kernel_gradient, tap_kernel_gradient
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=shape).astype("float32"))
+    kernel_value = tf.Variable(rng.normal(size=(*kernel, shape[-1], 6)).astype("float32"))
+    paddings = [[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]]
+    with tf.GradientTape() as tape:
+        y = tf.nn.conv2d(tf.pad(x, paddings), kernel_value, [1, *strides, 1], "VALID")
+    dy = tf.constant(rng.normal(size=y.shape).astype("float32"))
+    expected = tape.gradient(y, kernel_value, output_gradients=dy).numpy()
+    for way in (tap_kernel_gradient, conv_kernel_gradient):
+        found = tf.function(way)(x, dy, tuple(kernel_value.shape), strides, pad).numpy()
+        np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-5, err_msg=way.__name__)
+
+
+def test_kernel_gradient_not_measured_with_op_determinism(monkeypatch):
+    """With `tf.config.experimental.enable_op_determinism()` a timing never chooses a run's arithmetic: no 2D
+    convolution's kernel gradient is measurable (otherwise, with oneDNN's kernels, it is)."""
+    from tensorflow.python.framework import config
+
+    import keras_r21d.onednn
+    from keras_r21d.layers.kernel_gradient import kernel_gradient_measurable
+
+    monkeypatch.setattr(keras_r21d.onednn, "onednn_enabled", lambda: True)
+    assert kernel_gradient_measurable((3, 3, 64, 64), "float32")
+    config.enable_op_determinism()
+    try:
+        assert not kernel_gradient_measurable((3, 3, 64, 64), "float32")
+    finally:
+        config.disable_op_determinism()
 
 
 def _training_step_values(layer, x, weights, compiled):

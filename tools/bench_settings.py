@@ -16,8 +16,9 @@ padding again), `autotune` and
 `tap_grad` and `conv_grad` (every 2D convolution's kernel gradient as one
 MatMul per kernel tap, or as the framework's own convolution gradient,
 TensorFlow's `Conv2DBackpropFilter` whatever oneDNN's state or XLA's on
-JAX: by default the taps run with oneDNN on, for temporal and stride-1
-spatial kernels, and on JAX for kernels over 32 or more channels), `temporal_conv3d` and `temporal_conv2d` (inference of
+JAX: by default the taps run with oneDNN on where they measured faster
+for the shape, `keras_r21d.layers.kernel_gradient`, and on JAX for
+kernels over 32 or more channels), `temporal_conv3d` and `temporal_conv2d` (inference of
 temporal kernels as one 5-D `Conv3D`, or as a `(t, 1)` `Conv2D`, whatever
 oneDNN's state: by default `Conv3D` with oneDNN on), `keep_activation`
 (each `BatchNorm -> ReLU -> conv` keeps `relu(bn(x))` for the backward pass

@@ -160,7 +160,7 @@ def main(threads):
         # `keras_conv`: Keras' own `ops.conv` on torch (the before of `_torch_conv`).
         keras_r21d.layers.video_conv.DIRECT_TORCH_CONV = not command.get("keras_conv")
         # `kernel_gradient`: "taps" or "conv" forces how 2D convolutions' kernel gradients run on TensorFlow and JAX
-        # (`TAP_KERNEL_GRADIENT`; by default taps for some shapes with oneDNN on).
+        # (`TAP_KERNEL_GRADIENT`; by default, with oneDNN on, taps where they measured faster for the shape).
         keras_r21d.layers.video_conv.TAP_KERNEL_GRADIENT = {"taps": True, "conv": False}.get(
             command.get("kernel_gradient"))
         # `temporal_conv3d`: True or False forces how temporal kernels infer on TensorFlow (`TEMPORAL_CONV3D`;

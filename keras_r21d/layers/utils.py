@@ -22,6 +22,11 @@ def conv_output_length(length, kernel, stride, pad):
     return (length + 2 * pad - kernel) // stride + 1
 
 
+def same_padding(kernel, strides, pad):
+    """Whether TensorFlow's `"same"` padding is the symmetric padding `pad`: stride 1, odd kernel, `k // 2`."""
+    return all(s == 1 and k % 2 == 1 and p == k // 2 for k, s, p in zip(kernel, strides, pad))
+
+
 def paper_midplanes(in_channels, out_channels, kernel_size=(3, 3, 3)):
     """The (2+1)D intermediate width that keeps the 3D conv's parameter count.
 

@@ -5,8 +5,9 @@ import contextlib
 import keras
 from keras import ops
 
+from keras_r21d.layers import kernel_gradient
 from keras_r21d.layers.lowering import measured_lowering
-from keras_r21d.layers.utils import conv_output_length, normalize_triple
+from keras_r21d.layers.utils import conv_output_length, normalize_triple, same_padding
 
 IMPLEMENTATIONS = ("auto", "conv2d", "conv3d", "shifted")
 
@@ -20,9 +21,9 @@ RECOMPUTE_PAD = True
 DIRECT_TORCH_CONV = True
 
 # Whether 2D convolutions' kernel gradients are one MatMul per tap on TensorFlow and JAX (`_tap_gradient_conv`):
-# None = on a CPU, where `_tap_kernel_gradient` measured them faster (TensorFlow with oneDNN's kernels on,
-# JAX); True or False forces it for every 2D kernel of more than one tap (`tools/bench_settings.py`'s
-# `tap_grad`, `conv_grad`).
+# None = on a CPU, on TensorFlow with oneDNN's kernels for the shapes where they measured faster on this machine
+# (`keras_r21d.layers.kernel_gradient`), on JAX over 32 or more channels (`_tap_kernel_gradient`); True or False
+# forces it for every 2D kernel of more than one tap (`tools/bench_settings.py`'s `tap_grad`, `conv_grad`).
 TAP_KERNEL_GRADIENT = None
 
 # Whether a temporal `t x 1 x 1` kernel with `implementation="auto"` runs as one 5-D `Conv3D` in inference
@@ -72,12 +73,14 @@ class VideoConv(keras.layers.Layer):
       BENCHMARKS.md: which is faster depends on the CPU, not only on the
       shape).
 
-    Training on TensorFlow with its oneDNN CPU kernels on, the kernel
-    gradient of a temporal kernel, or of a stride-1 spatial one over 32 or
-    more channels, runs as one MatMul per kernel tap instead of oneDNN's
-    `Conv2DBackpropFilter`, 1.3-8x slower on those shapes; on JAX on a CPU,
-    that of every 2D kernel over 32 or more channels, instead of XLA's,
-    1.4-4x slower (float32; the same values to float rounding;
+    Training on a CPU in float32, the kernel gradient of a 2D kernel over
+    32 or more channels may run as one MatMul per kernel tap: on
+    TensorFlow with its oneDNN kernels where that measured faster than
+    oneDNN's `Conv2DBackpropFilter` for the shape on this machine, timed
+    once per shape when a training call is first traced (1.3-8x faster on
+    an AVX2 EPYC, mostly slower on AVX-512 Xeons;
+    `keras_r21d.layers.kernel_gradient`); on JAX always, XLA's own being
+    1.4-4x slower (the same values to float rounding;
     `TAP_KERNEL_GRADIENT`).
 
     Args:
@@ -228,7 +231,7 @@ class VideoConv(keras.layers.Layer):
         Then the convolution pads by itself, without a `Pad` op (and, when
         training, its `Slice` gradient) over the whole activation.
         """
-        return all(s == 1 and k % 2 == 1 and p == k // 2 for k, s, p in zip(kernel, strides, pad))
+        return same_padding(kernel, strides, pad)
 
     def _conv(self, x, kernel, strides, pad, training):
         """`_conv_only`, then the bias and activation."""
@@ -355,7 +358,7 @@ class VideoConv(keras.layers.Layer):
         """
         if DIRECT_TORCH_CONV and keras.backend.backend() == "torch":
             return _torch_conv(x, kernel, strides, pad)
-        if training and _tap_kernel_gradient(kernel.shape, strides, self.compute_dtype):
+        if training and _tap_kernel_gradient(x.shape, kernel.shape, strides, pad, self.compute_dtype):
             if keras.backend.backend() == "jax":
                 return _jax_tap_gradient_conv(x, kernel, strides, pad)
             return _tap_gradient_conv(x, kernel, strides, pad)
@@ -399,19 +402,6 @@ class VideoConv(keras.layers.Layer):
         return config
 
 
-def _pad_again(x, paddings, dy):
-    """TensorFlow, in a backward pass: `x` padded anew, once the output gradient `dy` exists.
-
-    The `Pad` waits for `dy`; without that dependency Grappler merges it with
-    the forward pass's identical `Pad`, and that padded copy lives on from the
-    forward pass to the backward one.
-    """
-    import tensorflow as tf
-
-    with tf.control_dependencies([dy]):
-        return tf.pad(tf.identity(x), paddings)
-
-
 def _padded_conv(x, kernel, strides, pad):
     """TensorFlow: `Pad`, then a valid 2D or 3D convolution, whose gradient pads `x` again.
 
@@ -438,7 +428,7 @@ def _padded_conv(x, kernel, strides, pad):
     @tf.custom_gradient
     def padded_conv(x, kernel):
         def gradient(dy):
-            padded = _pad_again(x, paddings, dy)
+            padded = kernel_gradient.pad_again(x, paddings, dy)
             dx = input_grad(input_sizes=tf.shape(padded), filter=kernel, out_backprop=dy, strides=strides,
                             padding="VALID")
             dx = tf.slice(dx, [0, *pad, 0], tf.shape(x))
@@ -484,20 +474,21 @@ def temporal_conv2d():
         TEMPORAL_CONV3D = saved
 
 
-def _tap_kernel_gradient(kernel_shape, strides, dtype):
-    """Whether a 2D convolution trains through `_tap_gradient_conv` (`TAP_KERNEL_GRADIENT`).
+def _tap_kernel_gradient(x_shape, kernel_shape, strides, pad, dtype):
+    """Whether a 2D convolution of `(N, H, W, C)` inputs trains through the MatMuls per tap (`TAP_KERNEL_GRADIENT`).
 
     By default on a CPU only (no GPU visible to TensorFlow; JAX's default
-    backend the CPU). On TensorFlow when it runs oneDNN's kernels, for the
-    shapes where the MatMuls measured faster than oneDNN's
-    `Conv2DBackpropFilter`: a temporal `(t, 1)` kernel, or a stride-1
-    spatial one over at least 32 channels (not the stem's 7x7 over 3
-    channels, nor strided ones: there oneDNN's was faster). On JAX for every
-    kernel over at least 32 channels, strided ones included (XLA's kernel
+    backend the CPU), float32 only (a bfloat16 MatMul's sum over every
+    position, Eigen's on a CPU without AVX-512, came 1-4% away from the
+    convolution's gradient), for kernels of more than one tap over at least
+    32 input channels (not the stem's 7x7 over 3). On TensorFlow with
+    oneDNN's kernels, where the MatMuls measured faster than oneDNN's
+    `Conv2DBackpropFilter` for this shape on this machine
+    (`keras_r21d.layers.kernel_gradient`: on an AVX2 EPYC they were 1.3-8x
+    faster on R(2+1)D's temporal and stride-1 spatial shapes, on AVX-512
+    Xeons oneDNN's own ran the step faster). On JAX always (XLA's kernel
     gradient ran R(2+1)D's shapes 1.4-4x slower than the products, level on
-    the smallest; `_jax_tap_gradient_conv`). float32 only: a bfloat16
-    MatMul's sum over every position (Eigen's, on a CPU without AVX-512)
-    came 1-4% away from the convolution's gradient.
+    the smallest; `_jax_tap_gradient_conv`).
     """
     kh, kw, channels = kernel_shape[0], kernel_shape[1], kernel_shape[2]
     backend = keras.backend.backend()
@@ -505,14 +496,11 @@ def _tap_kernel_gradient(kernel_shape, strides, dtype):
         return False
     if TAP_KERNEL_GRADIENT is not None:
         return TAP_KERNEL_GRADIENT
-    if not _computes_on_cpu():  # a GPU's convolution gradients (cuDNN's) are not the CPU kernels measured here
-        return False
     if backend == "jax":
-        return channels >= 32
-    from keras_r21d.onednn import onednn_enabled
-
-    temporal = kw == 1 and kh > 1
-    return bool(onednn_enabled()) and (temporal or (tuple(strides) == (1, 1) and channels >= 32))
+        return channels >= kernel_gradient.MIN_CHANNELS and _computes_on_cpu()
+    if not kernel_gradient.kernel_gradient_measurable(kernel_shape, dtype):
+        return False
+    return kernel_gradient.measured_taps(tuple(x_shape), tuple(kernel_shape), tuple(strides), tuple(pad))
 
 
 def _computes_on_cpu():
@@ -529,16 +517,14 @@ def _computes_on_cpu():
 def _tap_gradient_conv(x, kernel, strides, pad):
     """TensorFlow: a 2D convolution with symmetric padding `pad` whose kernel gradient is one MatMul per tap.
 
-    Forward and input gradient are TensorFlow's convolution ops. The
-    gradient of tap `(i, j)` of the kernel is `window(i, j)^T @ dy`, where
-    `window(i, j)` holds the (padded) input pixels that tap read for every
-    output position: a `(C, F)` MatMul over all `N * H' * W'` positions.
-    With oneDNN's kernels on, `Conv2DBackpropFilter` ran the temporal and
-    stride-1 spatial shapes of R(2+1)D 1.3-8x slower than these MatMuls (an
-    R(2+1)D-18 step at batch 4 spent 7.5 of 13 s in it; BENCHMARKS.md). The
+    Forward and input gradient are TensorFlow's convolution ops; the kernel
+    gradient is `keras_r21d.layers.kernel_gradient.tap_kernel_gradient`.
+    On an AVX2 EPYC with oneDNN's kernels on, `Conv2DBackpropFilter` ran
+    the temporal and stride-1 spatial shapes of R(2+1)D 1.3-8x slower than
+    these MatMuls (an R(2+1)D-18 step at batch 4 spent 7.5 of 13 s in it;
+    BENCHMARKS.md); on AVX-512 Xeons mostly not, hence the measurement. The
     backward pass pads the input again rather than keeping the forward
-    pass's padded copy (as `_padded_conv`), and takes the windows one after
-    another, so at most one is alive.
+    pass's padded copy (as `_padded_conv`).
     """
     import tensorflow as tf
 
@@ -557,16 +543,7 @@ def _tap_gradient_conv(x, kernel, strides, pad):
                 dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
                                                     strides=[1, sh, sw, 1], padding="EXPLICIT",
                                                     explicit_paddings=[value for pair in paddings for value in pair])
-            padded = _pad_again(x, paddings, dy) if any(pad) else x
-            out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
-            rows = tf.reshape(dy, (-1, kernel.shape[3]))
-            taps = []
-            for i in range(kh):
-                for j in range(kw):
-                    with tf.control_dependencies(taps[-1:]):  # one window alive at a time
-                        window = padded[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw]
-                    taps.append(tf.matmul(tf.reshape(window, (-1, kernel.shape[2])), rows, transpose_a=True))
-            return dx, tf.reshape(tf.stack(taps), tf.shape(kernel))
+            return dx, kernel_gradient.tap_kernel_gradient(x, dy, kernel.shape, strides, pad)
 
         if same:
             return tf.nn.conv2d(x, kernel, [1, sh, sw, 1], "SAME"), gradient
