@@ -7,8 +7,9 @@ AVX2 EPYC (BENCHMARKS.md), with `TF_ENABLE_ONEDNN_OPTS=1`, the full 3D
 convolutions of R3D and MC3 trained about 2x faster, and, once the kernel
 gradients of R(2+1)D's temporal and stride-1 spatial convolutions ran as
 MatMuls (oneDNN's `Conv2DBackpropFilter` was 1.3-8x slower there; which
-runs is measured per shape, `keras_r21d.layers.kernel_gradient`), R(2+1)D-18 trained 1.42x faster and R2D-18 1.28x. So
-`keras-r21d train` (and `tune`, `study`) turns them on for every network.
+runs is measured per shape, `keras_r21d.layers.kernel_gradient`),
+R(2+1)D-18 trained 1.42x faster and R2D-18 1.28x. So `keras-r21d train`
+(and `tune`, `study`) turns them on for every network.
 Inference with them, folded, with R(2+1)D's temporal kernels as `Conv3D`
 (`keras_r21d.layers.video_conv.TEMPORAL_CONV3D`), ran R3D-18 1.39-1.46x,
 MC3-18 1.20-1.35x and R(2+1)D-18 at batch 8 1.34x faster there, R(2+1)D-18
