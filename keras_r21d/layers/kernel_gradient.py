@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from keras_r21d.layers.utils import conv_output_length, same_padding
+from keras_r21d.layers.utils import conv_output_length, pad_again, same_padding
 
 logger = logging.getLogger("keras_r21d")
 
@@ -59,19 +59,6 @@ MIN_CHANNELS = 32
 
 _MEASURED = {}  # key (see _key) -> entry dict
 _LOCK = threading.Lock()
-
-
-def pad_again(x, paddings, dy):
-    """TensorFlow, in a backward pass: `x` padded anew, once the output gradient `dy` exists.
-
-    The `Pad` waits for `dy`; without that dependency Grappler merges it with
-    the forward pass's identical `Pad`, and that padded copy lives on from the
-    forward pass to the backward one.
-    """
-    import tensorflow as tf
-
-    with tf.control_dependencies([dy]):
-        return tf.pad(tf.identity(x), paddings)
 
 
 def tap_kernel_gradient(x, dy, kernel_shape, strides, pad):

@@ -23,8 +23,25 @@ def conv_output_length(length, kernel, stride, pad):
 
 
 def same_padding(kernel, strides, pad):
-    """Whether TensorFlow's `"same"` padding is the symmetric padding `pad`: stride 1, odd kernel, `k // 2`."""
+    """Whether TensorFlow's `"same"` padding is the symmetric padding `pad`: stride 1, odd kernel, `k // 2`.
+
+    Then a convolution pads by itself, without a `Pad` op (and, when
+    training, its `Slice` gradient) over the whole activation.
+    """
     return all(s == 1 and k % 2 == 1 and p == k // 2 for k, s, p in zip(kernel, strides, pad))
+
+
+def pad_again(x, paddings, dy):
+    """TensorFlow, in a backward pass: `x` padded anew, once the output gradient `dy` exists.
+
+    The `Pad` waits for `dy`; without that dependency Grappler merges it with
+    the forward pass's identical `Pad`, and that padded copy lives on from the
+    forward pass to the backward one.
+    """
+    import tensorflow as tf
+
+    with tf.control_dependencies([dy]):
+        return tf.pad(tf.identity(x), paddings)
 
 
 def paper_midplanes(in_channels, out_channels, kernel_size=(3, 3, 3)):

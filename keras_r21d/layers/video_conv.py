@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_r21d.layers import kernel_gradient
 from keras_r21d.layers.lowering import measured_lowering
-from keras_r21d.layers.utils import conv_output_length, normalize_triple, same_padding
+from keras_r21d.layers.utils import conv_output_length, normalize_triple, pad_again, same_padding
 
 IMPLEMENTATIONS = ("auto", "conv2d", "conv3d", "shifted")
 
@@ -224,15 +224,6 @@ class VideoConv(keras.layers.Layer):
             y = self.activation(y)
         return y
 
-    @staticmethod
-    def _same(kernel, strides, pad):
-        """Whether TensorFlow's `"same"` padding is this symmetric padding: stride 1, odd kernel, `k // 2`.
-
-        Then the convolution pads by itself, without a `Pad` op (and, when
-        training, its `Slice` gradient) over the whole activation.
-        """
-        return same_padding(kernel, strides, pad)
-
     def _conv(self, x, kernel, strides, pad, training):
         """`_conv_only`, then the bias and activation."""
         return self._bias_activation(self._conv_only(x, kernel, strides, pad, training))
@@ -362,7 +353,7 @@ class VideoConv(keras.layers.Layer):
             if keras.backend.backend() == "jax":
                 return _jax_tap_gradient_conv(x, kernel, strides, pad)
             return _tap_gradient_conv(x, kernel, strides, pad)
-        if self._same(kernel.shape[:-2], strides, pad):
+        if same_padding(kernel.shape[:-2], strides, pad):
             return ops.conv(x, kernel, strides=1, padding="same")
         if not any(pad):
             return ops.conv(x, kernel, strides=strides, padding="valid")
@@ -428,7 +419,7 @@ def _padded_conv(x, kernel, strides, pad):
     @tf.custom_gradient
     def padded_conv(x, kernel):
         def gradient(dy):
-            padded = kernel_gradient.pad_again(x, paddings, dy)
+            padded = pad_again(x, paddings, dy)
             dx = input_grad(input_sizes=tf.shape(padded), filter=kernel, out_backprop=dy, strides=strides,
                             padding="VALID")
             dx = tf.slice(dx, [0, *pad, 0], tf.shape(x))
@@ -530,7 +521,7 @@ def _tap_gradient_conv(x, kernel, strides, pad):
 
     kh, kw = kernel.shape[:2]
     sh, sw = strides
-    same = VideoConv._same((kh, kw), strides, pad)
+    same = same_padding((kh, kw), strides, pad)
     paddings = [[0, 0], [pad[0], pad[0]], [pad[1], pad[1]], [0, 0]]
 
     @tf.custom_gradient
