@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import keras_r21d  # noqa: E402
-from keras_r21d.data import ClipConfig, load_dataset, make_synthetic_dataset  # noqa: E402
+from keras_r21d.data import load_dataset, make_synthetic_dataset  # noqa: E402
 from keras_r21d.export import export_saved_model, export_tflite  # noqa: E402
 from keras_r21d.inference import load_predictor  # noqa: E402
 from keras_r21d.training import TrainConfig, predict_clips, train  # noqa: E402
@@ -81,8 +81,10 @@ def main():
           f"after {args.epochs} epochs")
 
     print("[4/5] predictions of R(2+1)D on a few test videos")
+    model_path = results["r2plus1d"]["model_path"]
+    record = run_record(model_path)
+    clip_config = test_clip_config(results["r2plus1d"]["model"], record)  # the clips it trained on, 10 per video
     sample = test_set.subset(range(0, len(test_set), max(1, len(test_set) // 4)))
-    clip_config = ClipConfig(clip_len=8, frame_stride=4, resize=(48, 64), crop=48, test_clips=10)
     probabilities, labels, videos = predict_clips(results["r2plus1d"]["model"], sample, clip_config)
     video_probs, video_labels, ids = video_predictions(probabilities, labels, videos)
     for probs, label, index in zip(video_probs, video_labels, ids):
@@ -91,9 +93,6 @@ def main():
         print(f"      {os.path.basename(sample.paths[index])}: true {sample.class_names[label]}; top-3: {guesses}")
 
     print("[5/5] export of R(2+1)D: TF Serving SavedModel and TFLite; the same videos from each form")
-    model_path = results["r2plus1d"]["model_path"]
-    record = run_record(model_path)
-    clip_config = test_clip_config(results["r2plus1d"]["model"], record)
     serving_dir = os.path.join(args.out, "serving", "r2plus1d")
     saved = export_saved_model(results["r2plus1d"]["model"], serving_dir, version=1, overwrite=True,
                                class_names=record["class_names"], clip_config=clip_config)
